@@ -1,0 +1,3 @@
+from secure_kv.cli import main
+
+main()

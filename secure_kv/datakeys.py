@@ -1,0 +1,211 @@
+"""Workspace data keys: finding, creating and caching them.
+
+Creation is race-free across processes and hosts without any lock: a new version is
+inserted with "insert unless it exists" on (workspace, version), then the workspace's
+version pointer is advanced with a compare-and-set, then everyone re-reads the pointer. Two
+racers end up using the same key; a crash between the steps leaves nothing unreadable.
+
+Unwrapped keys are cached per process, bounded in number (``SECURE_KV_DEK_CACHE_SIZE``) and
+in age (``SECURE_KV_DEK_CACHE_SECONDS``). The age bound is also how long a process keeps
+writing with a workspace's previous key after a rotation.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import sqlalchemy as sa
+
+from .database import Database
+from .envelope import DataKey, new_data_key_bytes, unwrap_data_key, wrap_data_key
+from .errors import AuthenticationError, MasterKeyError, StorageError
+from .keys.base import MasterKeyProvider
+from .schema import data_keys
+from .statements import Statements
+
+__all__ = ["DataKeys", "check_master_key", "now_micros"]
+
+_MAX_CREATE_ATTEMPTS = 8
+
+
+def now_micros() -> int:
+    return time.time_ns() // 1000
+
+
+class _BoundedCache:
+    """A dict that forgets entries after ``max_age`` seconds and its oldest beyond ``size``."""
+
+    def __init__(self, size: int, max_age: float) -> None:
+        self._size = size
+        self._max_age = max_age
+        self._entries: dict[Any, tuple[float, Any]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> Any:
+        entry = self._entries.get(key)
+        if entry is None or time.monotonic() - entry[0] > self._max_age:
+            return None
+        return entry[1]
+
+    def put(self, key: Any, value: Any) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
+            while len(self._entries) >= self._size:
+                del self._entries[next(iter(self._entries))]
+            self._entries[key] = (time.monotonic(), value)
+
+    def discard(self, key: Any) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+class DataKeys:
+    """Finds, creates and caches the data keys of every workspace a store touches."""
+
+    def __init__(
+        self,
+        database: Database,
+        statements: Statements,
+        provider: MasterKeyProvider,
+        *,
+        cache_size: int,
+        max_age: float,
+    ) -> None:
+        self._db = database
+        self._sql = statements
+        self._provider = provider
+        # name -> (workspace id, current DataKey)
+        self._current = _BoundedCache(cache_size, max_age)
+        # (workspace id, version) -> DataKey
+        self._versions = _BoundedCache(cache_size, max_age)
+        # name -> workspace id; ids never change (workspace rows are never deleted).
+        self._ids: dict[bytes, int] = {}
+        self._load_lock = threading.Lock()
+
+    def workspace_id(self, name: bytes) -> int | None:
+        """The workspace's id, or ``None`` if nothing was ever written there."""
+        found = self._ids.get(name)
+        if found is None:
+            row = self._db.run(lambda c: self._sql.select_workspace_id.fetchone(c, name))
+            if row is None:
+                return None
+            found = int(row[0])
+            self._remember_id(name, found)
+        return found
+
+    def current(self, name: bytes) -> tuple[int, DataKey]:
+        """The workspace's id and the data key new records are sealed with (created if need be)."""
+        cached = self._current.get(name)
+        if cached is not None:
+            return cached  # type: ignore[no-any-return]
+        with self._load_lock:
+            cached = self._current.get(name)
+            if cached is None:
+                cached = self._load_current(name)
+                self._current.put(name, cached)
+                self._versions.put((cached[0], cached[1].version), cached[1])
+        return cached  # type: ignore[no-any-return]
+
+    def forget_current(self, name: bytes) -> None:
+        """Drop the cached current key, so the next write re-reads it (after a rotation)."""
+        self._current.discard(name)
+
+    def version(self, workspace_id: int, name: bytes, version: int) -> DataKey | None:
+        """The data key of one version, for opening records; ``None`` if it was destroyed."""
+        found = self._versions.get((workspace_id, version))
+        if found is not None:
+            return found  # type: ignore[no-any-return]
+        row = self._db.run(lambda c: self._sql.select_data_key.fetchone(c, workspace_id, version))
+        if row is None:
+            raise AuthenticationError(
+                f"a record of workspace {_show(name)} names data key version {version}, "
+                "which does not exist: the record was altered"
+            )
+        kek_id, wrapped = row
+        if wrapped is None:
+            return None
+        key = self._unwrap(name, version, kek_id, wrapped)
+        self._versions.put((workspace_id, version), key)
+        return key
+
+    def clear(self) -> None:
+        self._current.clear()
+        self._versions.clear()
+
+    def _remember_id(self, name: bytes, workspace_id: int) -> None:
+        if len(self._ids) > 65536:
+            self._ids.clear()
+        self._ids[name] = workspace_id
+
+    def _load_current(self, name: bytes) -> tuple[int, DataKey]:
+        for _ in range(_MAX_CREATE_ATTEMPTS):
+            row = self._db.run(lambda c: self._sql.select_current_key.fetchone(c, name))
+            if row is None:
+                self._db.run(lambda c: self._sql.insert_workspace.run(c, name, 0, now_micros()))
+                continue
+            workspace_id, last_version, kek_id, wrapped = int(row[0]), int(row[1]), row[2], row[3]
+            self._remember_id(name, workspace_id)
+            if wrapped is not None:
+                return workspace_id, self._unwrap(name, last_version, kek_id, wrapped)
+            self.create_version(workspace_id, name, last_version + 1)
+        raise StorageError(f"could not create a data key for workspace {_show(name)}: retry the call")
+
+    def create_version(self, workspace_id: int, name: bytes, version: int) -> None:
+        """Make data key ``version`` the workspace's current one (idempotent, race-free)."""
+        master = self._provider.current_key()
+        wrapped = wrap_data_key(master, new_data_key_bytes(), name, version)
+
+        def insert(connection: Any) -> None:
+            self._sql.insert_data_key.run(
+                connection, workspace_id, version, master.kek_id, wrapped, now_micros()
+            )
+            self._sql.advance_version.run(connection, version, workspace_id, version)
+
+        self._db.run(insert)
+
+    def _unwrap(self, name: bytes, version: int, kek_id: str, wrapped: bytes) -> DataKey:
+        master = self._provider.find(kek_id)
+        if master is None:
+            held = ", ".join(key.kek_id for key in self._provider.all_keys())
+            raise MasterKeyError(
+                f"data key {version} of workspace {_show(name)} is wrapped by master key "
+                f"{kek_id}, but the provider holds only {held}: use that master key "
+                "(or list it as a previous key while rotating)"
+            )
+        try:
+            return unwrap_data_key(master, wrapped, name, version)
+        except AuthenticationError:
+            raise AuthenticationError(
+                f"data key {version} of workspace {_show(name)} failed authentication: "
+                "it was altered or moved from another workspace"
+            ) from None
+
+
+def _show(name: bytes) -> str:
+    return repr(name.decode("utf-8", "replace"))
+
+
+def check_master_key(database: Database, provider: MasterKeyProvider) -> None:
+    """Refuse a master key that wrapped none of the store's data keys: a wrong key.
+
+    Told apart from tampering by the public ``kek_id`` every wrapped key records. Both
+    queries are index lookups, whatever the number of workspaces.
+    """
+    ids = [key.kek_id for key in provider.all_keys()]
+    column = data_keys.c.kek_id
+    with database.connect() as connection, connection.begin():
+        if connection.execute(sa.select(column).where(column.in_(ids)).limit(1)).first():
+            return
+        foreign = connection.execute(sa.select(column).limit(1)).scalar()
+    if foreign is not None:
+        raise MasterKeyError(
+            f"wrong master key: this store's data keys are wrapped by master key {foreign}, "
+            f"but the key given has kek_id {ids[0]}; use the store's master key (or give it as "
+            "a previous key and run `secure-kv rotate master` to move to a new one)"
+        )

@@ -1,0 +1,260 @@
+"""Sealing values and wrapping data keys: the byte layouts live here.
+
+Format 1 of a sealed value (all integers big-endian; specified in docs/architecture.md and
+pinned by tests/vectors/envelope_v1.json)::
+
+    offset  size  field
+    0       1     format version (1)
+    1       1     algorithm (1 = AES-256-GCM, subkey = HKDF-Expand-SHA256(DEK, label || salt))
+    2       4     data-key (DEK) version
+    6       16    salt: names the writer's subkey
+    22      12    nonce, random
+    34      n     ciphertext
+    34+n    16    GCM tag
+
+The associated data is the 34-byte header followed by the record's context::
+
+    u16 len | workspace (UTF-8) | u16 len | key (UTF-8) | u8 category | i64 expires_at
+    (microseconds since the Unix epoch, UTC; -1 for no expiry)
+
+so a blob moved to another key, workspace or category, or given another expiry, fails.
+
+Nonce budget. NIST SP 800-38D allows at most 2^32 encryptions with random 96-bit nonces
+under one key. Each writer (a process, or a forked child) derives its own subkey from the
+DEK and a fresh random 128-bit salt, and replaces it after ``SUBKEY_MAX_WRITES`` (2^24)
+encryptions, so no AES key ever sees more than 2^24 nonces, however many processes and
+hosts share the DEK; no counter is shared between writers. SECURITY.md gives the numbers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import struct
+import threading
+from dataclasses import dataclass
+from typing import NoReturn
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+
+from .errors import AuthenticationError, UnsupportedVersionError
+from .keys.base import MasterKey
+from .validation import Buffer
+
+__all__ = [
+    "FORMAT_VERSION",
+    "NO_EXPIRY",
+    "SEAL_OVERHEAD",
+    "DataKey",
+    "Header",
+    "open_value",
+    "parse_header",
+    "record_context",
+    "seal_value",
+    "unwrap_data_key",
+    "wrap_data_key",
+]
+
+FORMAT_VERSION = 1
+ALGORITHM_AES256GCM_HKDF = 1
+ALGORITHM_NAMES = {ALGORITHM_AES256GCM_HKDF: "AES-256-GCM/HKDF-SHA256"}
+HEADER = struct.Struct(">BBI16s12s")
+HEADER_BYTES = HEADER.size  # 34
+TAG_BYTES = 16
+SALT_BYTES = 16
+NONCE_BYTES = 12
+SEAL_OVERHEAD = HEADER_BYTES + TAG_BYTES
+DATA_KEY_BYTES = 32
+NO_EXPIRY = -1
+# A subkey is retired after this many encryptions: 2^24 random nonces collide with
+# probability below 2^-48, far inside NIST's 2^32-per-key limit.
+SUBKEY_MAX_WRITES = 1 << 24
+SUBKEY_LABEL = b"secure_kv/v1/value-subkey"
+DATA_KEY_LABEL = b"secure_kv/v1/dek"
+# Above this size the sealed blob is built in place (encrypt_into) instead of by
+# concatenation, so a large value is never copied once more than needed.
+_IN_PLACE_THRESHOLD = 64 * 1024
+# Reader subkeys cached per data key: one per writer salt seen recently.
+_READER_CACHE_SIZE = 256
+
+_CONTEXT_TAIL = struct.Struct(">Bq")
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+
+
+_fork_generation = 0
+
+
+def _after_fork_in_child() -> None:
+    # A forked child must not keep encrypting with its parent's subkey: both would draw
+    # nonces for the same key without sharing a count.
+    global _fork_generation
+    _fork_generation += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _subkey(dek: bytes, salt: bytes) -> AESGCM:
+    return AESGCM(HKDFExpand(algorithm=SHA256(), length=32, info=SUBKEY_LABEL + salt).derive(dek))
+
+
+class DataKey:
+    """An unwrapped workspace data key, ready to seal and open values.
+
+    Holds the writer subkey of this process and a small cache of reader subkeys. It never
+    shows its bytes and cannot be pickled.
+    """
+
+    __slots__ = ("_dek", "_lock", "_readers", "_writer", "version", "workspace")
+
+    def __init__(self, dek: bytes, workspace: bytes, version: int) -> None:
+        if len(dek) != DATA_KEY_BYTES:
+            raise AuthenticationError("data key has the wrong length")
+        self._dek = dek
+        self.workspace = workspace
+        self.version = version
+        self._lock = threading.Lock()
+        self._readers: dict[bytes, AESGCM] = {}
+        self._writer: tuple[bytes, AESGCM, itertools.count[int], int] | None = None
+
+    def writer(self) -> tuple[bytes, AESGCM]:
+        """The (salt, subkey) to encrypt with now; a new one after the write budget or a fork."""
+        writer = self._writer
+        if writer is not None and writer[3] == _fork_generation and next(writer[2]) < SUBKEY_MAX_WRITES:
+            return writer[0], writer[1]
+        with self._lock:
+            writer = self._writer
+            if writer is None or writer[3] != _fork_generation or next(writer[2]) >= SUBKEY_MAX_WRITES:
+                salt = os.urandom(SALT_BYTES)
+                aead = _subkey(self._dek, salt)
+                writer = (salt, aead, itertools.count(1), _fork_generation)
+                self._writer = writer
+                self._remember_reader(salt, aead)
+            return writer[0], writer[1]
+
+    def reader(self, salt: bytes) -> AESGCM:
+        aead = self._readers.get(salt)
+        if aead is None:
+            aead = _subkey(self._dek, salt)
+            with self._lock:
+                self._remember_reader(salt, aead)
+        return aead
+
+    def _remember_reader(self, salt: bytes, aead: AESGCM) -> None:
+        if len(self._readers) >= _READER_CACHE_SIZE:
+            self._readers.clear()
+        self._readers[salt] = aead
+
+    def __repr__(self) -> str:
+        return f"<DataKey version={self.version}>"
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("DataKey holds key material and cannot be pickled")
+
+
+def data_key_associated_data(workspace: bytes, version: int) -> bytes:
+    return DATA_KEY_LABEL + _U16.pack(len(workspace)) + workspace + _U32.pack(version)
+
+
+def new_data_key_bytes() -> bytes:
+    return os.urandom(DATA_KEY_BYTES)
+
+
+def wrap_data_key(master: MasterKey, dek: bytes, workspace: bytes, version: int) -> bytes:
+    """Wrap a DEK under the master key, bound to its workspace and version."""
+    return master.wrap(dek, data_key_associated_data(workspace, version))
+
+
+def unwrap_data_key(master: MasterKey, wrapped: bytes, workspace: bytes, version: int) -> DataKey:
+    """Raise :class:`AuthenticationError` if the wrapped key was altered or moved."""
+    dek = master.unwrap(bytes(wrapped), data_key_associated_data(workspace, version))
+    return DataKey(dek, workspace, version)
+
+
+def record_context(workspace: bytes, key: bytes, category_code: int, expires_at: int | None) -> bytes:
+    """The record's identity as bound into the associated data (see the module docstring)."""
+    return b"".join(
+        (
+            _U16.pack(len(workspace)),
+            workspace,
+            _U16.pack(len(key)),
+            key,
+            _CONTEXT_TAIL.pack(category_code, NO_EXPIRY if expires_at is None else expires_at),
+        )
+    )
+
+
+def seal_value(
+    data_key: DataKey,
+    context: bytes,
+    plaintext: Buffer,
+    *,
+    salt: bytes | None = None,
+    nonce: bytes | None = None,
+) -> Buffer:
+    """Encrypt ``plaintext`` for the record described by ``context`` (from :func:`record_context`).
+
+    ``salt`` and ``nonce`` are for test vectors only; normal use draws them at random.
+    """
+    if salt is None:
+        salt, aead = data_key.writer()
+    else:
+        aead = data_key.reader(salt)
+    nonce = os.urandom(NONCE_BYTES) if nonce is None else nonce
+    header = HEADER.pack(FORMAT_VERSION, ALGORITHM_AES256GCM_HKDF, data_key.version, salt, nonce)
+    aad = header + context
+    size = len(plaintext) if not isinstance(plaintext, memoryview) else plaintext.nbytes
+    if size < _IN_PLACE_THRESHOLD:
+        return header + aead.encrypt(nonce, plaintext, aad)
+    sealed = bytearray(HEADER_BYTES + size + TAG_BYTES)
+    sealed[:HEADER_BYTES] = header
+    aead.encrypt_into(nonce, plaintext, aad, memoryview(sealed)[HEADER_BYTES:])
+    return sealed
+
+
+@dataclass(frozen=True)
+class Header:
+    format_version: int
+    algorithm: int
+    dek_version: int
+    salt: bytes
+    nonce: bytes
+
+    @property
+    def algorithm_name(self) -> str:
+        return ALGORITHM_NAMES.get(self.algorithm, f"unknown-{self.algorithm}")
+
+
+def parse_header(blob: Buffer) -> Header:
+    """Read a sealed value's header; refuse newer formats and malformed blobs."""
+    if len(blob) < 2:
+        raise AuthenticationError("sealed value is truncated")
+    if blob[0] > FORMAT_VERSION or blob[1] > ALGORITHM_AES256GCM_HKDF:
+        raise UnsupportedVersionError(
+            f"sealed value has format {blob[0]}, algorithm {blob[1]}: it was written by a "
+            f"newer secure_kv (this one reads format {FORMAT_VERSION}); upgrade secure_kv"
+        )
+    if blob[0] != FORMAT_VERSION or blob[1] != ALGORITHM_AES256GCM_HKDF or len(blob) < SEAL_OVERHEAD:
+        raise AuthenticationError("sealed value is malformed or truncated")
+    return Header(*HEADER.unpack_from(blob))
+
+
+def open_value(data_key: DataKey, context: bytes, blob: Buffer, header: Header | None = None) -> bytes:
+    """Decrypt a sealed value; raise :class:`AuthenticationError` on any mismatch."""
+    if header is None:
+        header = parse_header(blob)
+    if header.dek_version != data_key.version:
+        raise AuthenticationError("sealed value names another data key version")
+    aead = data_key.reader(header.salt)
+    view = memoryview(blob)
+    try:
+        return aead.decrypt(header.nonce, view[HEADER_BYTES:], view[:HEADER_BYTES].tobytes() + context)
+    except InvalidTag:
+        raise AuthenticationError("sealed value failed authentication") from None
+    finally:
+        view.release()

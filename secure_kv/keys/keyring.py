@@ -1,0 +1,165 @@
+"""Master keys in the operating system's keyring, through the ``keyring`` package.
+
+Entries, under the service name (default ``secure-kv``):
+
+- ``<username>``: the current key (url-safe base64);
+- ``<username>.previous``: comma-separated ``kek_id``\\ s of previous keys, newest first;
+- ``<username>.<kek_id>``: each previous key, kept under its own versioned name.
+
+Backends that would keep the key in plaintext, or none at all, are refused with an error
+that says what to install instead: a secrets store must never fall back silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import keyring
+import keyring.errors
+
+from ..errors import MasterKeyError
+from .base import MasterKey, MasterKeyProvider, RawMasterKey, generate_master_key, parse_master_key
+
+__all__ = ["INSECURE_BACKENDS", "KeyringMasterKey"]
+
+DEFAULT_SERVICE = "secure-kv"
+DEFAULT_USERNAME = "master-key"
+
+# Backends that store nothing, fail every call, or write secrets to disk in plaintext.
+INSECURE_BACKENDS = frozenset(
+    {
+        "keyring.backends.fail.Keyring",
+        "keyring.backends.null.Keyring",
+        "keyrings.alt.file.PlaintextKeyring",
+        "keyrings.alt.pyfs.PlaintextKeyring",
+        "keyrings.alt.Gnome.Keyring",  # deprecated GnomeKeyring bindings, unmaintained
+    }
+)
+
+_INSTALL_HINT = (
+    "install a secure keyring backend (Linux desktop: a Secret Service such as "
+    "gnome-keyring or KeePassXC with `pip install secretstorage`; servers: "
+    "`pip install keyrings.cryptfile`), or choose another provider with "
+    "SECURE_KV_KEY_PROVIDER=env (SECURE_KV_MASTER_KEY) or =file (SECURE_KV_MASTER_KEY_FILE)"
+)
+
+
+def _backend_name(backend: Any) -> str:
+    cls = type(backend)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _check_backend(backend: Any) -> None:
+    chained = getattr(backend, "backends", None)
+    if _backend_name(backend) == "keyring.backends.chainer.ChainerBackend":
+        members = list(chained or [])
+        if not members:
+            raise MasterKeyError(f"no usable OS keyring backend: {_INSTALL_HINT}")
+        for member in members:
+            _check_backend(member)
+        return
+    name = _backend_name(backend)
+    if name in INSECURE_BACKENDS:
+        raise MasterKeyError(
+            f"the keyring backend {name} is not secure enough for a master key: {_INSTALL_HINT}"
+        )
+
+
+class KeyringMasterKey(MasterKeyProvider):
+    """The master key kept in the OS keyring.
+
+    ``create=True`` makes and stores a new key when none exists (``secure-kv init`` does
+    this); otherwise a missing key is a :class:`MasterKeyError`. ``backend`` defaults to
+    ``keyring.get_keyring()``.
+    """
+
+    def __init__(
+        self,
+        service: str = DEFAULT_SERVICE,
+        username: str = DEFAULT_USERNAME,
+        *,
+        create: bool = False,
+        backend: Any = None,
+    ) -> None:
+        self.service = service
+        self.username = username
+        self._backend = backend if backend is not None else keyring.get_keyring()
+        _check_backend(self._backend)
+        text = self._read(username)
+        if text is None:
+            if not create:
+                raise MasterKeyError(
+                    f"no master key in the OS keyring (service {service!r}, user {username!r}): "
+                    "run `secure-kv init` to create one"
+                )
+            text = generate_master_key()
+            self._write(username, text)
+        self._current = parse_master_key(text, f"keyring entry {service}/{username}")
+        self._previous = self._read_previous()
+
+    def current_key(self) -> MasterKey:
+        return self._current
+
+    def previous_keys(self) -> Sequence[MasterKey]:
+        return tuple(self._previous)
+
+    def generate_new_key(self) -> MasterKey:
+        """Make a new current key; keep the old one as a previous key under its kek_id.
+
+        Used by ``secure-kv rotate master --generate``. Old entries are written first, so
+        a crash part-way never loses the key that wrapped the existing data keys.
+        """
+        old = self._current
+        old_text = self._read(self.username)
+        assert old_text is not None
+        self._write(f"{self.username}.{old.kek_id}", old_text)
+        ids = [old.kek_id, *(key.kek_id for key in self._previous if key.kek_id != old.kek_id)]
+        self._write(f"{self.username}.previous", ",".join(ids))
+        new_text = generate_master_key()
+        self._write(self.username, new_text)
+        self._current = parse_master_key(new_text, f"keyring entry {self.service}/{self.username}")
+        self._previous = self._read_previous()
+        return self._current
+
+    def forget_previous_keys(self) -> None:
+        """Delete every previous key from the keyring (after ``rotate master`` finished)."""
+        for key in self._previous:
+            try:
+                self._backend.delete_password(self.service, f"{self.username}.{key.kek_id}")
+            except keyring.errors.PasswordDeleteError:
+                pass
+        self._write(f"{self.username}.previous", "")
+        self._previous = []
+
+    def _read_previous(self) -> list[RawMasterKey]:
+        listing = self._read(f"{self.username}.previous") or ""
+        keys = []
+        for kek_id in (part.strip() for part in listing.split(",")):
+            if not kek_id:
+                continue
+            entry = f"{self.username}.{kek_id}"
+            text = self._read(entry)
+            if text is None:
+                raise MasterKeyError(
+                    f"keyring entry {self.service}/{entry} (a previous master key) is missing"
+                )
+            keys.append(parse_master_key(text, f"keyring entry {self.service}/{entry}"))
+        return keys
+
+    def _read(self, username: str) -> str | None:
+        try:
+            value = self._backend.get_password(self.service, username)
+        except keyring.errors.KeyringError as error:
+            raise MasterKeyError(
+                f"cannot read the OS keyring ({type(error).__name__}): {_INSTALL_HINT}"
+            ) from None
+        return value if isinstance(value, str) else None
+
+    def _write(self, username: str, text: str) -> None:
+        try:
+            self._backend.set_password(self.service, username, text)
+        except keyring.errors.KeyringError as error:
+            raise MasterKeyError(
+                f"cannot write to the OS keyring ({type(error).__name__}): {_INSTALL_HINT}"
+            ) from None

@@ -1,0 +1,21 @@
+"""Raw keys handed over in memory: for tests, and keys that come from elsewhere."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .base import RawMasterKey, _RawKeyProvider
+
+__all__ = ["StaticMasterKey"]
+
+
+class StaticMasterKey(_RawKeyProvider):
+    """``StaticMasterKey(key, previous=())``: raw 32-byte keys, current first.
+
+    Example::
+
+        provider = StaticMasterKey(os.urandom(32))
+    """
+
+    def __init__(self, key: bytes, previous: Iterable[bytes] = ()) -> None:
+        super().__init__([RawMasterKey(key), *(RawMasterKey(old) for old in previous)])

@@ -1,0 +1,1 @@
+"""Alembic migrations for the secure_kv schema (run them with ``secure-kv init``)."""

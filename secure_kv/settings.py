@@ -1,0 +1,127 @@
+"""Settings: one typed class read from ``SECURE_KV_*`` environment variables.
+
+``SecureStore.open(url, **options)`` and the CLI read the same class, so a setting means
+the same thing everywhere. Invalid values raise :class:`ConfigurationError` naming the
+variable, never echoing a secret one.
+"""
+
+from __future__ import annotations
+
+import getpass
+import socket
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import ConfigurationError
+
+__all__ = ["CredentialPolicy", "Settings", "default_database_url", "load_settings"]
+
+ENV_PREFIX = "SECURE_KV_"
+APP_NAME = "secure-kv"
+
+
+class KeyProviderName(str, Enum):
+    KEYRING = "keyring"
+    ENV = "env"
+    FILE = "file"
+
+
+class CredentialPolicy(str, Enum):
+    """What happens to a credential-looking value stored under a non-token category."""
+
+    WARN = "warn"
+    PROMOTE = "promote"
+    REJECT = "reject"
+
+
+class AuditWrites(str, Enum):
+    TOKENS = "tokens"
+    ALL = "all"
+
+
+class SqliteSynchronous(str, Enum):
+    NORMAL = "normal"
+    FULL = "full"
+
+
+def default_database_url() -> str:
+    """SQLite file ``store.db`` in the user's data directory (created on first open)."""
+    path = Path(platformdirs.user_data_dir(APP_NAME, appauthor=False)) / "store.db"
+    return f"sqlite:///{path}"
+
+
+def default_actor() -> str:
+    try:
+        user = getpass.getuser()
+    except Exception:  # no login name in some containers
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+class Settings(BaseSettings):
+    """Every ``SECURE_KV_*`` setting, with the defaults of the design contract."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        case_sensitive=False,
+        extra="forbid",
+        validate_default=True,
+        hide_input_in_errors=True,
+    )
+
+    database_url: str = Field(default_factory=default_database_url)
+    key_provider: KeyProviderName = KeyProviderName.KEYRING
+    # Secrets are SecretStr so they never show in a repr or a validation error.
+    master_key: SecretStr | None = None
+    previous_master_keys: SecretStr | None = None
+    master_key_file: Path | None = None
+    max_value_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
+    default_cache_ttl: float = Field(default=3600, gt=0, allow_inf_nan=False)
+    sqlite_synchronous: SqliteSynchronous = SqliteSynchronous.NORMAL
+    credential_policy: CredentialPolicy = CredentialPolicy.WARN
+    audit_writes: AuditWrites = AuditWrites.TOKENS
+    actor: str = Field(default_factory=default_actor, min_length=1)
+    dek_max_age_days: float = Field(default=90, gt=0, allow_inf_nan=False)
+    # How long a process trusts its cached copy of a workspace's current data key. After a
+    # rotation every process moves its writes to the new key within this many seconds.
+    dek_cache_seconds: float = Field(default=60, gt=0, allow_inf_nan=False)
+    # How many unwrapped data keys one process keeps in memory at most.
+    dek_cache_size: int = Field(default=1024, gt=0)
+
+    @field_validator("database_url")
+    @classmethod
+    def _url_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value.strip()
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        name = ENV_PREFIX + "_".join(str(p) for p in item["loc"]).upper()
+        parts.append(f"{name}: {item['msg']}")
+    return "; ".join(parts)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings from the environment, with keyword overrides taking precedence.
+
+    Overrides equal to ``None`` are ignored, so callers can pass optional arguments through.
+    """
+    given = {name: value for name, value in overrides.items() if value is not None}
+    unknown = sorted(set(given) - set(Settings.model_fields))
+    if unknown:
+        raise ConfigurationError(
+            f"unknown option(s) {', '.join(unknown)}: valid options are "
+            f"{', '.join(sorted(Settings.model_fields))}"
+        )
+    try:
+        return Settings(**given)
+    except ValidationError as error:
+        raise ConfigurationError(f"invalid setting: {_describe(error)}") from None

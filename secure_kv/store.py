@@ -1,0 +1,265 @@
+"""SecureStore and Workspace: the ``set``/``get``/``exist``/``delete`` surface.
+
+A :class:`Workspace` speaks Dify's plugin-storage interface; every value is sealed with
+the workspace's data key before it reaches the database, and opened (authenticated) on
+the way back.
+"""
+
+from __future__ import annotations
+
+import math
+from types import TracebackType
+from typing import Any
+
+from .categories import CATEGORY_CODES, Category, parse_category
+from .database import Database, safe_url
+from .datakeys import DataKeys, check_master_key, now_micros
+from .envelope import open_value, parse_header, record_context, seal_value
+from .errors import AuthenticationError, InvalidTypeError, StorageError, UnsupportedVersionError
+from .keys import MasterKeyProvider, provider_from_settings
+from .migrate import ensure_schema
+from .settings import Settings, load_settings
+from .statements import Statements
+from .validation import check_key, check_ttl, check_value, check_workspace_name
+
+__all__ = ["SecureStore", "Workspace"]
+
+_CATEGORY_BY_VALUE = {category.value: category for category in Category}
+# Retries when a write races a rotation or shred that retired the data key it used.
+_STALE_KEY_RETRIES = 3
+
+
+class SecureStore:
+    """An encrypted key-value store over one database.
+
+    Thread-safe: share one store between threads. Open it with :meth:`open` or
+    :meth:`from_settings`; close it (or use it as a context manager) to release connections.
+    """
+
+    def __init__(self, database: Database, provider: MasterKeyProvider, settings: Settings) -> None:
+        """Use :meth:`open`; this constructor expects parts already checked."""
+        self._db = database
+        self._provider = provider
+        self._settings = settings
+        self._sql = Statements(database.engine.dialect, database.dialect_name)
+        self._keys = DataKeys(
+            database,
+            self._sql,
+            provider,
+            cache_size=settings.dek_cache_size,
+            max_age=settings.dek_cache_seconds,
+        )
+        self._closed = False
+
+    @classmethod
+    def open(
+        cls,
+        url: str | None = None,
+        master_key: MasterKeyProvider | None = None,
+        **options: Any,
+    ) -> SecureStore:
+        """Open (and on an empty database, create) the store at ``url``.
+
+        ``url`` defaults to ``SECURE_KV_DATABASE_URL``; ``master_key`` to the provider that
+        ``SECURE_KV_KEY_PROVIDER`` names. ``options`` override settings by name, for example
+        ``credential_policy="reject"`` or ``actor="ops@example"``.
+        """
+        if url is not None and not isinstance(url, str):
+            raise InvalidTypeError(f"url must be a str, not {type(url).__name__}")
+        if master_key is not None and not isinstance(master_key, MasterKeyProvider):
+            raise InvalidTypeError(
+                "master_key must be a provider from secure_kv.keys (for raw bytes, "
+                f"StaticMasterKey(key)), not {type(master_key).__name__}"
+            )
+        settings = load_settings(database_url=url, **options)
+        provider = master_key if master_key is not None else provider_from_settings(settings)
+        provider.current_key()  # fail now, not on the first write, if the key is unavailable
+        database = Database(settings.database_url, settings)
+        try:
+            ensure_schema(database, create=True)
+            check_master_key(database, provider)
+        except BaseException:
+            database.close()
+            raise
+        return cls(database, provider, settings)
+
+    @classmethod
+    def from_settings(cls, **options: Any) -> SecureStore:
+        """Open the store that the ``SECURE_KV_*`` settings describe."""
+        return cls.open(None, None, **options)
+
+    def workspace(self, name: str) -> Workspace:
+        """One isolated namespace (for Dify, the tenant and plugin), with its own data keys."""
+        self._check_open()
+        return Workspace(self, name)
+
+    @property
+    def kek_id(self) -> str:
+        """Public fingerprint of the current master key."""
+        return self._provider.current_key().kek_id
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    def close(self) -> None:
+        """Release database connections and forget every cached data key."""
+        if not self._closed:
+            self._closed = True
+            self._keys.clear()
+            self._db.close()
+
+    def __enter__(self) -> SecureStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = " closed" if self._closed else ""
+        return f"<SecureStore {safe_url(self._db.url)} kek_id={self.kek_id}{state}>"
+
+    def __reduce__(self) -> Any:
+        raise TypeError("SecureStore holds key material and cannot be pickled")
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StorageError("the store is closed")
+
+
+class Workspace:
+    """One namespace of a :class:`SecureStore`, with Dify's plugin-storage interface."""
+
+    __slots__ = ("_keys", "_name_bytes", "_store", "name")
+
+    def __init__(self, store: SecureStore, name: str) -> None:
+        self._name_bytes = check_workspace_name(name)
+        self.name = name
+        self._store = store
+        self._keys = store._keys
+
+    def set(
+        self,
+        key: str,
+        val: bytes | bytearray | memoryview,
+        *,
+        category: Category | str = Category.PREFERENCE,
+        ttl: float | Any = None,
+    ) -> None:
+        """Store ``val`` under ``key``, replacing any previous value.
+
+        ``ttl`` (seconds or a timedelta) makes the entry expire; a cache entry always
+        expires (``SECURE_KV_DEFAULT_CACHE_TTL`` when no ``ttl`` is given). An overwrite
+        without ``ttl`` clears the previous expiry.
+        """
+        store = self._store
+        settings = store._settings
+        key_bytes = check_key(key)
+        value = check_value(val, settings.max_value_bytes)
+        chosen = parse_category(category)
+        seconds = check_ttl(ttl)
+        store._check_open()
+        if seconds is None and chosen is Category.CACHE:
+            seconds = settings.default_cache_ttl
+        now = now_micros()
+        expires_at = None if seconds is None else now + max(1, math.ceil(seconds * 1_000_000))
+        context = record_context(self._name_bytes, key_bytes, CATEGORY_CODES[chosen], expires_at)
+        database, statement = store._db, store._sql.upsert_record
+        as_bytes = database.dialect_name == "mysql"  # PyMySQL cannot send a bytearray
+        for _ in range(_STALE_KEY_RETRIES):
+            workspace_id, data_key = self._keys.current(self._name_bytes)
+            sealed = seal_value(data_key, context, value)
+            if as_bytes and not isinstance(sealed, bytes):
+                sealed = bytes(sealed)
+            row = (workspace_id, key_bytes, chosen.value, data_key.version, now, now, expires_at, sealed)
+            try:
+                database.run(lambda c: statement.run(c, *row))  # noqa: B023 (called at once)
+                return
+            except database.integrity_error:
+                # The data key was retired (rotation) or destroyed (shred) since we cached
+                # it: the foreign key refused the record. Reload and seal again.
+                self._keys.forget_current(self._name_bytes)
+        raise StorageError(
+            f"could not write {self._describe(key)}: its data key keeps changing; retry the call"
+        )
+
+    def get(self, key: str) -> bytes | None:
+        """The value, or ``None`` if the key is missing or expired.
+
+        Raises :class:`AuthenticationError` if the stored record was tampered with.
+        """
+        key_bytes = check_key(key)
+        store = self._store
+        store._check_open()
+        workspace_id = self._keys.workspace_id(self._name_bytes)
+        if workspace_id is None:
+            return None
+        statement = store._sql.select_record
+        row = store._db.run(lambda c: statement.fetchone(c, workspace_id, key_bytes))
+        if row is None:
+            return None
+        category_value, dek_version, expires_at, blob = row
+        if expires_at is not None and expires_at <= now_micros():
+            return None
+        category = _CATEGORY_BY_VALUE.get(category_value)
+        if category is None:
+            raise self._tampered(key)
+        try:
+            header = parse_header(blob)
+        except UnsupportedVersionError as error:
+            raise UnsupportedVersionError(f"{self._describe(key)}: {error}") from None
+        except AuthenticationError:
+            raise self._tampered(key) from None
+        if header.dek_version != dek_version:
+            raise self._tampered(key)
+        data_key = self._keys.version(workspace_id, self._name_bytes, dek_version)
+        if data_key is None:
+            return None  # its data key was destroyed: the workspace is being shredded
+        context = record_context(self._name_bytes, key_bytes, CATEGORY_CODES[category], expires_at)
+        try:
+            return open_value(data_key, context, blob, header)
+        except AuthenticationError:
+            raise self._tampered(key) from None
+
+    def exist(self, key: str) -> bool:
+        """Whether ``key`` holds an unexpired value (the value is not decrypted)."""
+        key_bytes = check_key(key)
+        store = self._store
+        store._check_open()
+        workspace_id = self._keys.workspace_id(self._name_bytes)
+        if workspace_id is None:
+            return False
+        statement = store._sql.select_expiry
+        row = store._db.run(lambda c: statement.fetchone(c, workspace_id, key_bytes))
+        return row is not None and (row[0] is None or row[0] > now_micros())
+
+    def delete(self, key: str) -> None:
+        """Remove ``key``; deleting a missing key is not an error."""
+        key_bytes = check_key(key)
+        store = self._store
+        store._check_open()
+        workspace_id = self._keys.workspace_id(self._name_bytes)
+        if workspace_id is None:
+            return
+        statement = store._sql.delete_record
+        store._db.run(lambda c: statement.run(c, workspace_id, key_bytes))
+
+    def _describe(self, key: str) -> str:
+        return f"record {key!r} of workspace {self.name!r}"
+
+    def _tampered(self, key: str) -> AuthenticationError:
+        return AuthenticationError(
+            f"{self._describe(key)} failed authentication: the stored record was altered, "
+            "truncated or moved from another key, workspace or category"
+        )
+
+    def __repr__(self) -> str:
+        return f"<Workspace {self.name!r}>"
+
+    def __reduce__(self) -> Any:
+        raise TypeError("Workspace belongs to an open store and cannot be pickled")
