@@ -59,7 +59,7 @@ records = sa.Table(
     "skv_records",
     metadata,
     sa.Column("workspace_id", sa.Integer, primary_key=True),
-    sa.Column("key", NameBytes, primary_key=True),
+    sa.Column("record_key", NameBytes, primary_key=True),
     # Plaintext metadata, so purge and audit reports work without decrypting.
     sa.Column("category", sa.String(16), nullable=False),
     sa.Column("dek_version", sa.Integer, nullable=False),

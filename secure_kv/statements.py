@@ -113,7 +113,7 @@ class Statements:
         r, w, d = records.c, workspaces.c, data_keys.c
         record_columns = (
             "workspace_id",
-            "key",
+            "record_key",
             "category",
             "dek_version",
             "created_at",
@@ -126,31 +126,31 @@ class Statements:
                 dialect_name,
                 records,
                 _bind(*record_columns),
-                conflict=("workspace_id", "key"),
+                conflict=("workspace_id", "record_key"),
                 update=("category", "dek_version", "updated_at", "expires_at", "value"),
             ),
             *record_columns,
         )
         self.select_record = compile_(
             sa.select(r.category, r.dek_version, r.expires_at, r.value).where(
-                r.workspace_id == sa.bindparam("workspace_id"), r.key == sa.bindparam("key")
+                r.workspace_id == sa.bindparam("workspace_id"), r.record_key == sa.bindparam("record_key")
             ),
             "workspace_id",
-            "key",
+            "record_key",
         )
         self.select_expiry = compile_(
             sa.select(r.expires_at).where(
-                r.workspace_id == sa.bindparam("workspace_id"), r.key == sa.bindparam("key")
+                r.workspace_id == sa.bindparam("workspace_id"), r.record_key == sa.bindparam("record_key")
             ),
             "workspace_id",
-            "key",
+            "record_key",
         )
         self.delete_record = compile_(
             sa.delete(records).where(
-                r.workspace_id == sa.bindparam("workspace_id"), r.key == sa.bindparam("key")
+                r.workspace_id == sa.bindparam("workspace_id"), r.record_key == sa.bindparam("record_key")
             ),
             "workspace_id",
-            "key",
+            "record_key",
         )
         self.select_workspace_id = compile_(sa.select(w.id).where(w.name == sa.bindparam("name")), "name")
         self.select_current_key = compile_(

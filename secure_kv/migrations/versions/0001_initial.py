@@ -47,14 +47,14 @@ def upgrade() -> None:
     op.create_table(
         "skv_records",
         sa.Column("workspace_id", sa.Integer, nullable=False),
-        sa.Column("key", name_bytes, nullable=False),
+        sa.Column("record_key", name_bytes, nullable=False),
         sa.Column("category", sa.String(16), nullable=False),
         sa.Column("dek_version", sa.Integer, nullable=False),
         sa.Column("created_at", sa.BigInteger, nullable=False),
         sa.Column("updated_at", sa.BigInteger, nullable=False),
         sa.Column("expires_at", sa.BigInteger, nullable=True),
         sa.Column("value", sealed_bytes, nullable=False),
-        sa.PrimaryKeyConstraint("workspace_id", "key", name="pk_skv_records"),
+        sa.PrimaryKeyConstraint("workspace_id", "record_key", name="pk_skv_records"),
         sa.ForeignKeyConstraint(
             ["workspace_id", "dek_version"],
             ["skv_data_keys.workspace_id", "skv_data_keys.version"],

@@ -1,0 +1,175 @@
+"""The byte layouts, pinned by vectors kept as data and re-derived from the spec by hand."""
+
+from __future__ import annotations
+
+import base64
+import json
+import multiprocessing
+import os
+import pickle
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+
+from secure_kv import envelope
+from secure_kv.categories import CATEGORY_CODES, Category
+from secure_kv.envelope import DataKey, open_value, parse_header, record_context, seal_value, unwrap_data_key
+from secure_kv.errors import AuthenticationError, UnsupportedVersionError
+from secure_kv.keys.base import RawMasterKey
+
+VECTORS = Path(__file__).parent / "vectors"
+ENVELOPE_VECTORS = json.loads((VECTORS / "envelope_v1.json").read_text(encoding="utf-8"))["vectors"]
+WRAP_VECTORS = json.loads((VECTORS / "wrap_v1.json").read_text(encoding="utf-8"))["vectors"]
+
+
+def _hkdf_expand(key: bytes, info: bytes, length: int = 32) -> bytes:
+    return HKDFExpand(algorithm=SHA256(), length=length, info=info).derive(key)
+
+
+def _spec_context(v: dict[str, Any]) -> bytes:
+    """The associated-data tail exactly as docs/architecture.md describes it."""
+    workspace, key = v["workspace"].encode(), v["key"].encode()
+    code = {"token": 1, "preference": 2, "cache": 3}[v["category"]]
+    return (
+        struct.pack(">H", len(workspace))
+        + workspace
+        + struct.pack(">H", len(key))
+        + key
+        + struct.pack(">Bq", code, v["expires_at"])
+    )
+
+
+@pytest.mark.parametrize("v", ENVELOPE_VECTORS, ids=lambda v: v["key"])
+def test_sealed_value_vectors_match_the_written_spec(v: dict[str, Any]) -> None:
+    dek, salt, nonce = bytes.fromhex(v["dek"]), bytes.fromhex(v["salt"]), bytes.fromhex(v["nonce"])
+    header = struct.pack(">BBI", 1, 1, v["dek_version"]) + salt + nonce
+    subkey = _hkdf_expand(dek, b"secure_kv/v1/value-subkey" + salt)
+    expected = header + AESGCM(subkey).encrypt(nonce, bytes.fromhex(v["plaintext"]), header + _spec_context(v))
+    assert expected.hex() == v["sealed"]
+
+
+@pytest.mark.parametrize("v", ENVELOPE_VECTORS, ids=lambda v: v["key"])
+def test_code_seals_and_opens_the_vectors(v: dict[str, Any]) -> None:
+    workspace = v["workspace"].encode()
+    data_key = DataKey(bytes.fromhex(v["dek"]), workspace, v["dek_version"])
+    expires = None if v["expires_at"] == -1 else v["expires_at"]
+    context = record_context(workspace, v["key"].encode(), CATEGORY_CODES[Category(v["category"])], expires)
+    assert context == _spec_context(v)
+    sealed = seal_value(
+        data_key, context, bytes.fromhex(v["plaintext"]), salt=bytes.fromhex(v["salt"]), nonce=bytes.fromhex(v["nonce"])
+    )
+    assert bytes(sealed).hex() == v["sealed"]
+    assert open_value(data_key, context, bytes.fromhex(v["sealed"])) == bytes.fromhex(v["plaintext"])
+
+
+@pytest.mark.parametrize("v", WRAP_VECTORS, ids=lambda v: v["kek_id"])
+def test_wrapped_key_vectors_match_the_written_spec(v: dict[str, Any]) -> None:
+    master = base64.urlsafe_b64decode(v["master_key"])
+    assert _hkdf_expand(master, b"secure_kv/v1/kek-id", 8).hex() == v["kek_id"]
+    assert RawMasterKey(master).kek_id == v["kek_id"]
+    wrapped = bytes.fromhex(v["wrapped"])
+    assert wrapped[0] == 1
+    workspace = v["workspace"].encode()
+    associated = b"secure_kv/v1/dek" + struct.pack(">H", len(workspace)) + workspace + struct.pack(">I", v["version"])
+    wrap_key = _hkdf_expand(master, b"secure_kv/v1/kek-wrap")
+    nonce = wrapped[1:13]
+    assert AESGCM(wrap_key).encrypt(nonce, bytes.fromhex(v["dek"]), associated) == wrapped[13:]
+    opened = unwrap_data_key(RawMasterKey(master), wrapped, workspace, v["version"])
+    assert opened._dek == bytes.fromhex(v["dek"])
+
+
+def test_wrapped_key_bound_to_workspace_and_version() -> None:
+    v = WRAP_VECTORS[0]
+    master = RawMasterKey(base64.urlsafe_b64decode(v["master_key"]))
+    wrapped = bytes.fromhex(v["wrapped"])
+    with pytest.raises(AuthenticationError):
+        unwrap_data_key(master, wrapped, b"another-workspace", v["version"])
+    with pytest.raises(AuthenticationError):
+        unwrap_data_key(master, wrapped, v["workspace"].encode(), v["version"] + 1)
+
+
+def _data_key() -> DataKey:
+    return DataKey(os.urandom(32), b"w", 1)
+
+
+def _context(key: bytes = b"k") -> bytes:
+    return record_context(b"w", key, CATEGORY_CODES[Category.PREFERENCE], None)
+
+
+@pytest.mark.parametrize("size", [0, 1, 100, 64 * 1024 - 1, 64 * 1024, 300_000])
+def test_round_trip_at_sizes_around_the_in_place_threshold(size: int) -> None:
+    data_key, plaintext = _data_key(), os.urandom(size)
+    sealed = seal_value(data_key, _context(), plaintext)
+    assert len(sealed) == size + envelope.SEAL_OVERHEAD
+    assert open_value(data_key, _context(), sealed) == plaintext
+
+
+def test_each_seal_uses_a_fresh_nonce() -> None:
+    data_key = _data_key()
+    nonces = {parse_header(seal_value(data_key, _context(), b"same")).nonce for _ in range(200)}
+    assert len(nonces) == 200
+
+
+def test_writer_subkey_is_replaced_after_its_write_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(envelope, "SUBKEY_MAX_WRITES", 5)
+    data_key = _data_key()
+    salts = [parse_header(seal_value(data_key, _context(), b"v")).salt for _ in range(12)]
+    runs = [salts[i : i + 5] for i in range(0, 10, 5)]
+    assert all(len(set(run)) == 1 for run in runs)
+    assert len(set(salts)) == 3
+    sealed = [seal_value(data_key, _context(), b"v") for _ in range(3)]
+    assert all(open_value(data_key, _context(), blob) == b"v" for blob in sealed)
+
+
+def _seal_salt_in_child(data_key: DataKey, queue: Any) -> None:
+    queue.put(parse_header(seal_value(data_key, _context(), b"child")).salt)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only")
+def test_a_forked_child_draws_its_own_subkey() -> None:
+    data_key = _data_key()
+    parent_salt = parse_header(seal_value(data_key, _context(), b"parent")).salt
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_seal_salt_in_child, args=(data_key, queue))
+    child.start()
+    child_salt = queue.get(timeout=30)
+    child.join(timeout=30)
+    assert child_salt != parent_salt
+    assert parse_header(seal_value(data_key, _context(), b"parent")).salt == parent_salt
+
+
+def test_newer_format_or_algorithm_is_refused_as_unsupported() -> None:
+    sealed = bytearray(seal_value(_data_key(), _context(), b"v"))
+    for index in (0, 1):
+        changed = bytearray(sealed)
+        changed[index] = 9
+        with pytest.raises(UnsupportedVersionError, match="newer"):
+            parse_header(changed)
+
+
+def test_unknown_older_format_is_an_authentication_error() -> None:
+    sealed = bytearray(seal_value(_data_key(), _context(), b"v"))
+    sealed[0] = 0
+    with pytest.raises(AuthenticationError):
+        parse_header(sealed)
+
+
+def test_opening_with_another_context_fails() -> None:
+    data_key = _data_key()
+    sealed = seal_value(data_key, _context(b"a"), b"v")
+    with pytest.raises(AuthenticationError):
+        open_value(data_key, _context(b"b"), sealed)
+
+
+def test_data_key_hides_its_bytes_and_refuses_pickling() -> None:
+    data_key = _data_key()
+    assert repr(data_key) == "<DataKey version=1>"
+    assert data_key._dek.hex() not in repr(data_key)
+    with pytest.raises(TypeError):
+        pickle.dumps(data_key)
