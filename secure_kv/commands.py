@@ -67,7 +67,9 @@ def demo(directory: str | os.PathLike[str] | None = None) -> DemoReport:
                 report.read_back[key] = found
 
             with sqlite3.connect(path) as raw:
-                (blob,) = raw.execute("SELECT value FROM skv_records WHERE record_key = ?", (b"openai",)).fetchone()
+                (blob,) = raw.execute(
+                    "SELECT value FROM skv_records WHERE record_key = ?", (b"openai",)
+                ).fetchone()
                 report.stored_row_prefix = bytes(blob[:24]).hex()
                 raw.execute("PRAGMA wal_checkpoint(FULL)")
             contents = b"".join(p.read_bytes() for p in Path(tmp).iterdir() if p.name.startswith("demo.db"))
@@ -76,7 +78,9 @@ def demo(directory: str | os.PathLike[str] | None = None) -> DemoReport:
             tampered = bytearray(blob)
             tampered[-1] ^= 0x01
             with sqlite3.connect(path) as raw:
-                raw.execute("UPDATE skv_records SET value = ? WHERE record_key = ?", (bytes(tampered), b"openai"))
+                raw.execute(
+                    "UPDATE skv_records SET value = ? WHERE record_key = ?", (bytes(tampered), b"openai")
+                )
             try:
                 ws.get("openai")
             except AuthenticationError as error:

@@ -45,16 +45,25 @@ class _BoundedCache:
 
     def get(self, key: Any) -> Any:
         entry = self._entries.get(key)
-        if entry is None or time.monotonic() - entry[0] > self._max_age:
+        if entry is None:
+            return None
+        if time.monotonic() - entry[0] > self._max_age:
+            self.discard(key)  # an expired key is dropped, not kept until evicted
             return None
         return entry[1]
 
     def put(self, key: Any, value: Any) -> None:
+        now = time.monotonic()
         with self._lock:
             self._entries.pop(key, None)
-            while len(self._entries) >= self._size:
-                del self._entries[next(iter(self._entries))]
-            self._entries[key] = (time.monotonic(), value)
+            # Entries are in insertion order, so the oldest come first: drop the expired
+            # ones, then the oldest beyond the size bound.
+            while self._entries:
+                oldest = next(iter(self._entries))
+                if len(self._entries) < self._size and now - self._entries[oldest][0] <= self._max_age:
+                    break
+                del self._entries[oldest]
+            self._entries[key] = (now, value)
 
     def discard(self, key: Any) -> None:
         with self._lock:
@@ -203,7 +212,8 @@ def check_master_key(database: Database, provider: MasterKeyProvider) -> None:
         if connection.execute(sa.select(column).where(column.in_(ids)).limit(1)).first():
             return
         foreign = connection.execute(sa.select(column).limit(1)).scalar()
-    if foreign is not None:
+    # Another process may have created a data key under our key between the two queries.
+    if foreign is not None and foreign not in ids:
         raise MasterKeyError(
             f"wrong master key: this store's data keys are wrapped by master key {foreign}, "
             f"but the key given has kek_id {ids[0]}; use the store's master key (or give it as "

@@ -69,8 +69,8 @@ NONCE_BYTES = 12
 SEAL_OVERHEAD = HEADER_BYTES + TAG_BYTES
 DATA_KEY_BYTES = 32
 NO_EXPIRY = -1
-# A subkey is retired after this many encryptions: 2^24 random nonces collide with
-# probability below 2^-48, far inside NIST's 2^32-per-key limit.
+# A subkey is retired after this many encryptions: 2^24 random 96-bit nonces collide with
+# probability at most q^2/2^97 = 2^-49, far inside NIST's 2^32-per-key limit.
 SUBKEY_MAX_WRITES = 1 << 24
 SUBKEY_LABEL = b"secure_kv/v1/value-subkey"
 DATA_KEY_LABEL = b"secure_kv/v1/dek"

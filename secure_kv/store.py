@@ -15,7 +15,13 @@ from .categories import CATEGORY_CODES, Category, parse_category
 from .database import Database, safe_url
 from .datakeys import DataKeys, check_master_key, now_micros
 from .envelope import open_value, parse_header, record_context, seal_value
-from .errors import AuthenticationError, InvalidTypeError, StorageError, UnsupportedVersionError
+from .errors import (
+    AuthenticationError,
+    InvalidTypeError,
+    MasterKeyError,
+    StorageError,
+    UnsupportedVersionError,
+)
 from .keys import MasterKeyProvider, provider_from_settings
 from .migrate import ensure_schema
 from .settings import Settings, load_settings
@@ -217,7 +223,10 @@ class Workspace:
             raise self._tampered(key) from None
         if header.dek_version != dek_version:
             raise self._tampered(key)
-        data_key = self._keys.version(workspace_id, self._name_bytes, dek_version)
+        try:
+            data_key = self._keys.version(workspace_id, self._name_bytes, dek_version)
+        except (AuthenticationError, MasterKeyError) as error:
+            raise type(error)(f"cannot open {self._describe(key)}: {error}") from None
         if data_key is None:
             return None  # its data key was destroyed: the workspace is being shredded
         context = record_context(self._name_bytes, key_bytes, CATEGORY_CODES[category], expires_at)

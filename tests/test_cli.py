@@ -41,7 +41,11 @@ def test_every_command_has_help_with_an_example(command: list[str]) -> None:
 
 def test_module_entry_point_runs() -> None:
     completed = subprocess.run(
-        [sys.executable, "-m", "secure_kv", "--version"], capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-m", "secure_kv", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert completed.returncode == 0
     assert "secure-kv" in completed.stdout

@@ -44,7 +44,9 @@ def test_bad_urls_are_refused_clearly_without_the_password(
         "mysql+pymysql://user:hunter2@127.0.0.1:1/db",
     ],
 )
-def test_unreachable_server_is_a_storage_error_without_the_password(url: str, master_key: StaticMasterKey) -> None:
+def test_unreachable_server_is_a_storage_error_without_the_password(
+    url: str, master_key: StaticMasterKey
+) -> None:
     with pytest.raises(StorageError) as caught:
         SecureStore.open(url, master_key=master_key)
     assert "hunter2" not in str(caught.value)
@@ -52,13 +54,17 @@ def test_unreachable_server_is_a_storage_error_without_the_password(url: str, ma
 
 
 @pytest.mark.parametrize("level", ["normal", "full"])
-def test_sqlite_runs_in_wal_mode_with_the_chosen_sync_level(tmp_path: Path, master_key: StaticMasterKey, level: str) -> None:
+def test_sqlite_runs_in_wal_mode_with_the_chosen_sync_level(
+    tmp_path: Path, master_key: StaticMasterKey, level: str
+) -> None:
     url = f"sqlite:///{tmp_path / 'store.db'}"
     with SecureStore.open(url, master_key=master_key, sqlite_synchronous=level) as store:
         store.workspace("w").set("k", b"v")
         with store._db.engine.connect() as connection:
             assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-            assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == {"normal": 1, "full": 2}[level]
+            assert (
+                connection.exec_driver_sql("PRAGMA synchronous").scalar() == {"normal": 1, "full": 2}[level]
+            )
             assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
             assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 1000
     with sqlite3.connect(tmp_path / "store.db") as raw:

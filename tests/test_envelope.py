@@ -49,7 +49,9 @@ def test_sealed_value_vectors_match_the_written_spec(v: dict[str, Any]) -> None:
     dek, salt, nonce = bytes.fromhex(v["dek"]), bytes.fromhex(v["salt"]), bytes.fromhex(v["nonce"])
     header = struct.pack(">BBI", 1, 1, v["dek_version"]) + salt + nonce
     subkey = _hkdf_expand(dek, b"secure_kv/v1/value-subkey" + salt)
-    expected = header + AESGCM(subkey).encrypt(nonce, bytes.fromhex(v["plaintext"]), header + _spec_context(v))
+    expected = header + AESGCM(subkey).encrypt(
+        nonce, bytes.fromhex(v["plaintext"]), header + _spec_context(v)
+    )
     assert expected.hex() == v["sealed"]
 
 
@@ -61,7 +63,11 @@ def test_code_seals_and_opens_the_vectors(v: dict[str, Any]) -> None:
     context = record_context(workspace, v["key"].encode(), CATEGORY_CODES[Category(v["category"])], expires)
     assert context == _spec_context(v)
     sealed = seal_value(
-        data_key, context, bytes.fromhex(v["plaintext"]), salt=bytes.fromhex(v["salt"]), nonce=bytes.fromhex(v["nonce"])
+        data_key,
+        context,
+        bytes.fromhex(v["plaintext"]),
+        salt=bytes.fromhex(v["salt"]),
+        nonce=bytes.fromhex(v["nonce"]),
     )
     assert bytes(sealed).hex() == v["sealed"]
     assert open_value(data_key, context, bytes.fromhex(v["sealed"])) == bytes.fromhex(v["plaintext"])
@@ -75,7 +81,9 @@ def test_wrapped_key_vectors_match_the_written_spec(v: dict[str, Any]) -> None:
     wrapped = bytes.fromhex(v["wrapped"])
     assert wrapped[0] == 1
     workspace = v["workspace"].encode()
-    associated = b"secure_kv/v1/dek" + struct.pack(">H", len(workspace)) + workspace + struct.pack(">I", v["version"])
+    associated = (
+        b"secure_kv/v1/dek" + struct.pack(">H", len(workspace)) + workspace + struct.pack(">I", v["version"])
+    )
     wrap_key = _hkdf_expand(master, b"secure_kv/v1/kek-wrap")
     nonce = wrapped[1:13]
     assert AESGCM(wrap_key).encrypt(nonce, bytes.fromhex(v["dek"]), associated) == wrapped[13:]
@@ -173,3 +181,11 @@ def test_data_key_hides_its_bytes_and_refuses_pickling() -> None:
     assert data_key._dek.hex() not in repr(data_key)
     with pytest.raises(TypeError):
         pickle.dumps(data_key)
+
+
+def test_wrapped_key_of_a_newer_format_is_refused_as_unsupported() -> None:
+    key = RawMasterKey(os.urandom(32))
+    wrapped = bytearray(key.wrap(os.urandom(32), b"ad"))
+    wrapped[0] = 2
+    with pytest.raises(UnsupportedVersionError, match="upgrade"):
+        key.unwrap(bytes(wrapped), b"ad")

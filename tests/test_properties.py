@@ -29,7 +29,9 @@ def shared_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureSto
 
 
 @given(key=keys, value=values, category=categories)
-def test_any_key_and_value_round_trip(shared_store: SecureStore, key: str, value: bytes, category: Category) -> None:
+def test_any_key_and_value_round_trip(
+    shared_store: SecureStore, key: str, value: bytes, category: Category
+) -> None:
     ws = shared_store.workspace("props")
     ws.set(key, value, category=category, ttl=3600 if category is Category.CACHE else None)
     assert ws.get(key) == value

@@ -51,7 +51,9 @@ def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None
         ("SECURE_KV_DEK_MAX_AGE_DAYS", "0"),
     ],
 )
-def test_invalid_setting_names_the_variable(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
+def test_invalid_setting_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
     monkeypatch.setenv(variable, value)
     with pytest.raises(ConfigurationError, match=variable):
         load_settings()
@@ -99,7 +101,9 @@ def test_file_provider_needs_a_path(monkeypatch: pytest.MonkeyPatch, sqlite_url:
         SecureStore.open(sqlite_url)
 
 
-def test_file_provider_from_settings(monkeypatch: pytest.MonkeyPatch, sqlite_url: str, tmp_path: Path) -> None:
+def test_file_provider_from_settings(
+    monkeypatch: pytest.MonkeyPatch, sqlite_url: str, tmp_path: Path
+) -> None:
     key_file = tmp_path / "master.key"
     key_file.write_text(generate_master_key() + "\n")
     key_file.chmod(0o600)

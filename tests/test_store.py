@@ -15,7 +15,7 @@ from secure_kv.keys import StaticMasterKey
 
 def test_set_then_get_returns_the_bytes(store: SecureStore) -> None:
     ws = store.workspace("tenant-42:my-plugin")
-    ws.set("user_name", "John".encode())
+    ws.set("user_name", b"John")
     assert ws.get("user_name") == b"John"
 
 
@@ -170,3 +170,35 @@ def test_store_and_workspace_refuse_pickling(sqlite_store: SecureStore) -> None:
 def test_open_refuses_raw_bytes_as_master_key(sqlite_url: str) -> None:
     with pytest.raises(InvalidTypeError, match="StaticMasterKey"):
         SecureStore.open(sqlite_url, master_key=os.urandom(32))  # type: ignore[arg-type]
+
+
+def test_reprs_hold_no_secret(sqlite_url: str) -> None:
+    raw = os.urandom(32)
+    with SecureStore.open(sqlite_url, master_key=StaticMasterKey(raw)) as store:
+        ws = store.workspace("w")
+        ws.set("token", b"sk-very-secret-token", category=Category.TOKEN)
+        ws.get("token")
+        for shown in (repr(store), repr(ws), str(store), str(ws)):
+            assert raw.hex() not in shown and str(raw) not in shown
+            assert "sk-very-secret-token" not in shown
+        assert store.kek_id in repr(store)
+
+
+def test_store_repr_masks_a_database_password() -> None:
+    from secure_kv.database import safe_url
+
+    assert "hunter2" not in safe_url("postgresql+psycopg://app:hunter2@db.example/kv")
+    assert "***" in safe_url("postgresql+psycopg://app:hunter2@db.example/kv")
+
+
+def test_database_errors_do_not_print_bound_parameters(sqlite_store: SecureStore) -> None:
+    import sqlalchemy as sa
+
+    secret = b"sealed-bytes-that-must-not-leak"
+    with pytest.raises(sa.exc.IntegrityError) as caught, sqlite_store._db.engine.begin() as connection:
+        connection.execute(
+            sa.text("INSERT INTO skv_records VALUES (999, :k, 'token', 1, 0, 0, NULL, :v)"),
+            {"k": b"k", "v": secret},
+        )
+    assert "sealed-bytes" not in str(caught.value)
+    assert "hidden due to hide_parameters" in str(caught.value)

@@ -27,7 +27,9 @@ class Raw:
     def workspace_id(self, name: str) -> int:
         with self.engine.connect() as c:
             return int(
-                c.execute(sa.text("SELECT id FROM skv_workspaces WHERE name = :n"), {"n": name.encode()}).scalar_one()
+                c.execute(
+                    sa.text("SELECT id FROM skv_workspaces WHERE name = :n"), {"n": name.encode()}
+                ).scalar_one()
             )
 
     def record(self, workspace: str, key: str) -> dict[str, Any]:
@@ -143,7 +145,9 @@ def test_blob_moved_between_workspaces_fails(store: SecureStore, raw: Raw) -> No
     assert store.workspace("one").get("k") == b"from one"
 
 
-@pytest.mark.parametrize(("stored", "forged"), [("token", "preference"), ("preference", "cache"), ("cache", "token")])
+@pytest.mark.parametrize(
+    ("stored", "forged"), [("token", "preference"), ("preference", "cache"), ("cache", "token")]
+)
 def test_changed_category_fails(store: SecureStore, raw: Raw, stored: str, forged: str) -> None:
     ws = store.workspace("w")
     ws.set("k", b"v", category=stored, ttl=3600)
@@ -239,7 +243,9 @@ def test_no_plaintext_or_master_key_in_any_stored_cell(
     marker = b"PLAINTEXT-MARKER-" + os.urandom(8).hex().encode()
     with _reopen(database_url, key) as store:
         for category in Category:
-            store.workspace("w").set(f"k-{category.value}", marker + b"-" + category.value.encode(), category=category)
+            store.workspace("w").set(
+                f"k-{category.value}", marker + b"-" + category.value.encode(), category=category
+            )
     cells = raw.all_cells()
     assert cells
     for needle in (marker, raw_key, base64.urlsafe_b64encode(raw_key)):
@@ -253,7 +259,9 @@ def test_no_plaintext_in_sqlite_database_wal_or_shm_files(tmp_path: Path) -> Non
     with SecureStore.open(url, master_key=StaticMasterKey(raw_key)) as store:
         ws = store.workspace("w")
         for i in range(50):
-            ws.set(f"k{i}", marker + str(i).encode(), category=Category.TOKEN if i % 2 else Category.PREFERENCE)
+            ws.set(
+                f"k{i}", marker + str(i).encode(), category=Category.TOKEN if i % 2 else Category.PREFERENCE
+            )
         files = sorted(tmp_path.glob("store.db*"))
         assert {p.name for p in files} >= {"store.db", "store.db-wal", "store.db-shm"}
         contents = b"".join(p.read_bytes() for p in files)

@@ -98,7 +98,9 @@ def test_overwrite_without_ttl_clears_the_old_expiry(store: SecureStore) -> None
     assert ws.get("k") == b"new"
 
 
-def test_overwrite_of_cache_without_ttl_gets_the_default_again(sqlite_url: str, master_key: StaticMasterKey) -> None:
+def test_overwrite_of_cache_without_ttl_gets_the_default_again(
+    sqlite_url: str, master_key: StaticMasterKey
+) -> None:
     with SecureStore.open(sqlite_url, master_key=master_key, default_cache_ttl=3600) as store:
         ws = store.workspace("w")
         ws.set("k", b"old", category="cache", ttl=0.2)

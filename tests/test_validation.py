@@ -18,7 +18,9 @@ def _snapshot(url: str) -> list[tuple[Any, ...]]:
     engine = sa.create_engine(url)
     try:
         with engine.connect() as connection:
-            return [tuple(row) for row in connection.exec_driver_sql("SELECT * FROM skv_records ORDER BY 1, 2")]
+            return [
+                tuple(row) for row in connection.exec_driver_sql("SELECT * FROM skv_records ORDER BY 1, 2")
+            ]
     finally:
         engine.dispose()
 
@@ -96,7 +98,12 @@ def test_bad_ttls_are_refused_and_nothing_changes(seeded: Any, ttl: Any, error: 
 
 @pytest.mark.parametrize(
     ("category", "error"),
-    [("secret", InvalidInputError), ("TOKEN", InvalidInputError), (1, InvalidTypeError), (None, InvalidTypeError)],
+    [
+        ("secret", InvalidInputError),
+        ("TOKEN", InvalidInputError),
+        (1, InvalidTypeError),
+        (None, InvalidTypeError),
+    ],
 )
 def test_unknown_categories_are_refused(seeded: Any, category: Any, error: type) -> None:
     _, ws, before, url = seeded

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
-from ..errors import AuthenticationError, MasterKeyError
+from ..errors import AuthenticationError, MasterKeyError, UnsupportedVersionError
 
 __all__ = [
     "MASTER_KEY_BYTES",
@@ -110,6 +110,11 @@ class RawMasterKey(MasterKey):
         return bytes([_WRAP_FORMAT]) + nonce + self._aead.encrypt(nonce, plaintext, associated_data)
 
     def unwrap(self, wrapped: bytes, associated_data: bytes) -> bytes:
+        if wrapped and wrapped[0] > _WRAP_FORMAT:
+            raise UnsupportedVersionError(
+                f"wrapped key has format {wrapped[0]}, newer than this secure_kv reads "
+                f"({_WRAP_FORMAT}): upgrade secure_kv"
+            )
         if len(wrapped) < 1 + _NONCE_BYTES + _TAG_BYTES or wrapped[0] != _WRAP_FORMAT:
             raise AuthenticationError("wrapped key is malformed")
         nonce = wrapped[1 : 1 + _NONCE_BYTES]

@@ -23,7 +23,12 @@ def test_reprs_show_the_fingerprint_never_the_key() -> None:
     raw = os.urandom(32)
     text = base64.urlsafe_b64encode(raw).decode()
     for provider in _providers(raw):
-        for shown in (repr(provider), str(provider), repr(provider.current_key()), str(provider.current_key())):
+        for shown in (
+            repr(provider),
+            str(provider),
+            repr(provider.current_key()),
+            str(provider.current_key()),
+        ):
             assert provider.current_key().kek_id in shown
             assert text not in shown and raw.hex() not in shown and str(raw) not in shown
 
@@ -63,7 +68,9 @@ def test_keys_parse_without_padding_and_with_whitespace() -> None:
     assert parse_master_key(" " + text.rstrip("=") + "\n", "t").kek_id == parse_master_key(text, "t").kek_id
 
 
-@pytest.mark.parametrize("bad", ["", "not base64 !!!", "c2hvcnQ=", base64.b64encode(os.urandom(32)).decode() + "AAAA"])
+@pytest.mark.parametrize(
+    "bad", ["", "not base64 !!!", "c2hvcnQ=", base64.b64encode(os.urandom(32)).decode() + "AAAA"]
+)
 def test_malformed_key_text_is_refused_without_echoing_it(bad: str) -> None:
     with pytest.raises(MasterKeyError, match="SOURCE") as caught:
         parse_master_key(bad, "SOURCE")

@@ -39,7 +39,9 @@ def test_store_opens_with_the_keyring_provider_from_settings(
         assert store.workspace("w").get("k") == b"v"
 
 
-def test_generated_new_key_keeps_the_old_one_as_previous(memory_keyring: MemoryKeyring, sqlite_url: str) -> None:
+def test_generated_new_key_keeps_the_old_one_as_previous(
+    memory_keyring: MemoryKeyring, sqlite_url: str
+) -> None:
     provider = KeyringMasterKey(create=True)
     old_id = provider.current_key().kek_id
     with SecureStore.open(sqlite_url, master_key=provider) as store:

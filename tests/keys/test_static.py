@@ -13,7 +13,10 @@ def test_current_and_previous_keys() -> None:
     current, old1, old2 = os.urandom(32), os.urandom(32), os.urandom(32)
     provider = StaticMasterKey(current, previous=[old1, old2])
     assert provider.current_key().kek_id == RawMasterKey(current).kek_id
-    assert [k.kek_id for k in provider.previous_keys()] == [RawMasterKey(old1).kek_id, RawMasterKey(old2).kek_id]
+    assert [k.kek_id for k in provider.previous_keys()] == [
+        RawMasterKey(old1).kek_id,
+        RawMasterKey(old2).kek_id,
+    ]
     assert provider.find(RawMasterKey(old2).kek_id) is not None
     assert provider.find("0" * 16) is None
 
