@@ -15,6 +15,7 @@ from rich.table import Table
 
 from . import __version__, commands
 from .errors import SecureKVError
+from .settings import Settings, load_settings
 
 __all__ = ["main"]
 
@@ -34,15 +35,56 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="secure-kv")
-def main() -> None:
+@click.option(
+    "--database-url",
+    metavar="URL",
+    help="SQLAlchemy URL of the store (default: SECURE_KV_DATABASE_URL, else a SQLite file "
+    "in the user data directory).",
+)
+@click.pass_context
+def main(ctx: click.Context, database_url: str | None) -> None:
     """Encrypted, secrets-aware key-value storage: admin commands.
 
     Reads the same SECURE_KV_* settings as the library.
 
     Example:
 
-        secure-kv keygen
+        secure-kv --database-url postgresql+psycopg://app@db/kv init
     """
+    ctx.obj = {"database_url": database_url}
+
+
+def current_settings() -> Settings:
+    """Settings from the environment, with the command line's --database-url on top."""
+    ctx = click.get_current_context()
+    root = ctx.find_root()
+    url = (root.obj or {}).get("database_url")
+    return load_settings(database_url=url)
+
+
+@main.command()
+def init() -> None:
+    """Create or upgrade the schema; with the keyring provider, create the master key.
+
+    Safe to run again and from several hosts at once: it takes a database lock and does
+    nothing when the schema is current.
+
+    Example:
+
+        SECURE_KV_DATABASE_URL=postgresql+psycopg://app@db/kv secure-kv init
+    """
+    report = commands.init(current_settings())
+    if report.created_master_key:
+        click.echo(f"created a new master key in the OS keyring (kek_id {report.kek_id}); back it up")
+    if report.revision_before is None:
+        click.echo(f"created the schema at revision {report.revision_now} in {report.database}")
+    elif report.changed_schema:
+        click.echo(
+            f"upgraded the schema from {report.revision_before} to {report.revision_now} in {report.database}"
+        )
+    else:
+        click.echo(f"schema already current (revision {report.revision_now}) in {report.database}")
+    click.echo(f"master key kek_id: {report.kek_id}")
 
 
 @main.command()

@@ -12,17 +12,57 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .categories import Category
+from .database import Database, safe_url
+from .datakeys import check_master_key
 from .errors import AuthenticationError
-from .keys import StaticMasterKey
+from .keys import KeyringMasterKey, MasterKeyProvider, StaticMasterKey, provider_from_settings
 from .keys.base import generate_master_key
+from .migrate import head_revision, upgrade_schema
+from .settings import Settings, load_settings
 from .store import SecureStore
 
-__all__ = ["DemoReport", "demo", "keygen"]
+__all__ = ["DemoReport", "InitReport", "demo", "init", "keygen"]
 
 
 def keygen() -> str:
     """A new random master key: url-safe base64 of 32 bytes."""
     return generate_master_key()
+
+
+@dataclass(frozen=True)
+class InitReport:
+    """What :func:`init` found and did."""
+
+    database: str
+    revision_before: str | None
+    revision_now: str
+    kek_id: str
+    created_master_key: bool
+
+    @property
+    def changed_schema(self) -> bool:
+        return self.revision_before != self.revision_now
+
+
+def init(settings: Settings | None = None, master_key: MasterKeyProvider | None = None) -> InitReport:
+    """Create or upgrade the schema (idempotent); with the keyring provider, make the
+    master key if there is none yet. Checks the master key against the store's data keys.
+    """
+    settings = settings if settings is not None else load_settings()
+    provider = master_key if master_key is not None else provider_from_settings(settings, create=True)
+    database = Database(settings.database_url, settings)
+    try:
+        before = upgrade_schema(database)
+        check_master_key(database, provider)
+    finally:
+        database.close()
+    return InitReport(
+        database=safe_url(database.url),
+        revision_before=before,
+        revision_now=head_revision(),
+        kek_id=provider.current_key().kek_id,
+        created_master_key=isinstance(provider, KeyringMasterKey) and provider.created,
+    )
 
 
 @dataclass

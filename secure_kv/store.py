@@ -137,6 +137,25 @@ class SecureStore:
         if self._closed:
             raise StorageError("the store is closed")
 
+    def _record_event(
+        self,
+        action: str,
+        *,
+        connection: Any = None,
+        workspace: str | None = None,
+        key: str | None = None,
+        category: Category | None = None,
+        dek_version: int | None = None,
+        outcome: str = "ok",
+        detail: str | None = None,
+    ) -> None:
+        """The audit hook every admin operation reports to (never with a value).
+
+        ``connection`` is the SQLAlchemy connection of the transaction making the change,
+        so the event can be written in that same transaction. Until the audit log exists
+        this records nothing.
+        """
+
 
 class Workspace:
     """One namespace of a :class:`SecureStore`, with Dify's plugin-storage interface."""

@@ -87,6 +87,8 @@ class KeyringMasterKey(MasterKeyProvider):
         self._backend = backend if backend is not None else keyring.get_keyring()
         _check_backend(self._backend)
         text = self._read(username)
+        #: True when this call generated and stored a new key (``create=True``).
+        self.created = False
         if text is None:
             if not create:
                 raise MasterKeyError(
@@ -95,6 +97,7 @@ class KeyringMasterKey(MasterKeyProvider):
                 )
             text = generate_master_key()
             self._write(username, text)
+            self.created = True
         self._current = parse_master_key(text, f"keyring entry {service}/{username}")
         self._previous = self._read_previous()
 
