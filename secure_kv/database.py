@@ -40,6 +40,11 @@ SQLITE_BUSY_TIMEOUT_SECONDS = 30
 CONNECT_TIMEOUT_SECONDS = 10
 # Below MySQL's default wait_timeout and typical load-balancer idle timeouts.
 POOL_RECYCLE_SECONDS = 1800
+# Statements carrying values below this size cannot reach any sane max_allowed_packet.
+_MYSQL_CHECK_ABOVE = 1 << 20
+# Room for the statement around the value: SQL text, escaped key and workspace.
+_MYSQL_STATEMENT_MARGIN = 64 * 1024
+_MYSQL_ESCAPED_BYTES = tuple(bytes([b]) for b in b"\x00\n\r\x1a\\'\"")
 
 
 def safe_url(url: URL | str) -> str:
@@ -193,6 +198,8 @@ class Database:
                 raise StorageError(
                     f"cannot connect to {safe_url(self.url)}: {_first_line(error.orig)}"
                 ) from None
+            except self.dbapi_error as error:  # the pool lets the driver's own error through
+                raise StorageError(f"cannot connect to {safe_url(self.url)}: {_first_line(error)}") from None
             try:
                 result = work(connection)
             except self.integrity_error:
@@ -219,6 +226,28 @@ class Database:
                 return result
         raise AssertionError("unreachable")
 
+    def check_packet_size(self, blob: bytes) -> None:
+        """Refuse a value MySQL/MariaDB would refuse, with an error naming the setting.
+
+        The server drops the connection when a statement exceeds ``max_allowed_packet``
+        (16 MiB by default, smaller than a 16 MiB value once sealed and escaped); this says
+        so before sending. Only large values pay for the check (one small query).
+        """
+        if self.dialect_name != "mysql" or 2 * len(blob) + _MYSQL_STATEMENT_MARGIN < _MYSQL_CHECK_ABOVE:
+            return
+        limit = int(self.run(lambda c: _scalar(c, "SELECT @@max_allowed_packet")))
+        if 2 * len(blob) + _MYSQL_STATEMENT_MARGIN <= limit:
+            return
+        # PyMySQL sends bytes as an escaped literal: these bytes take two characters each.
+        escaped = len(blob) + sum(blob.count(byte) for byte in _MYSQL_ESCAPED_BYTES)
+        if escaped + _MYSQL_STATEMENT_MARGIN > limit:
+            raise StorageError(
+                f"the sealed value ({len(blob)} bytes) is larger than the server's "
+                f"max_allowed_packet ({limit} bytes): raise max_allowed_packet on the MySQL/MariaDB "
+                "server (for example SET GLOBAL max_allowed_packet=268435456 and the same in "
+                "my.cnf; see docs/databases.md) or lower SECURE_KV_MAX_VALUE_BYTES"
+            )
+
     @staticmethod
     def _end_failed(connection: PoolProxiedConnection) -> None:
         try:
@@ -229,6 +258,16 @@ class Database:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _scalar(connection: PoolProxiedConnection, sql: str) -> Any:
+    cursor = connection.cursor()
+    try:
+        cursor.execute(sql)
+        row = cursor.fetchone()
+        return None if row is None else row[0]
+    finally:
+        cursor.close()
 
 
 def _first_line(error: BaseException | None) -> str:

@@ -199,8 +199,10 @@ class Workspace:
         for _ in range(_STALE_KEY_RETRIES):
             workspace_id, data_key = self._keys.current(self._name_bytes)
             sealed = seal_value(data_key, context, value)
-            if as_bytes and not isinstance(sealed, bytes):
-                sealed = bytes(sealed)
+            if as_bytes:
+                if not isinstance(sealed, bytes):
+                    sealed = bytes(sealed)
+                database.check_packet_size(sealed)
             row = (workspace_id, key_bytes, chosen.value, data_key.version, now, now, expires_at, sealed)
             try:
                 database.run(lambda c: statement.run(c, *row))  # noqa: B023 (called at once)

@@ -55,7 +55,7 @@ def postgres_database() -> Iterator[sa.URL]:
     """A database of this test session's own on the PostgreSQL server."""
     admin_url = sa.make_url(POSTGRES_URL)
     name = f"skv_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     try:
         with admin.connect() as connection:
             connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
@@ -70,12 +70,19 @@ def postgres_database() -> Iterator[sa.URL]:
         admin.dispose()
 
 
+# docs/databases.md tells MySQL/MariaDB users to allow packets of 256 MiB, so that values up
+# to the default SECURE_KV_MAX_VALUE_BYTES (100 MiB) fit; the tests configure the server so.
+MYSQL_MAX_ALLOWED_PACKET = 256 * 1024 * 1024
+
+
 @pytest.fixture(scope="session")
 def mysql_admin() -> Iterator[sa.Engine]:
-    admin = sa.create_engine(MYSQL_URL, isolation_level="AUTOCOMMIT")
+    admin = sa.create_engine(MYSQL_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     try:
         with admin.connect() as connection:
-            connection.exec_driver_sql("SELECT 1")
+            current = int(connection.exec_driver_sql("SELECT @@global.max_allowed_packet").scalar_one())
+            if current < MYSQL_MAX_ALLOWED_PACKET:
+                connection.exec_driver_sql(f"SET GLOBAL max_allowed_packet = {MYSQL_MAX_ALLOWED_PACKET}")
     except sa.exc.OperationalError as error:
         admin.dispose()
         _unreachable("MariaDB/MySQL", error)
@@ -86,7 +93,7 @@ def mysql_admin() -> Iterator[sa.Engine]:
 def _postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
     database: sa.URL = request.getfixturevalue("postgres_database")
     schema = f"t_{uuid.uuid4().hex[:12]}"
-    engine = sa.create_engine(database, isolation_level="AUTOCOMMIT")
+    engine = sa.create_engine(database, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     with engine.connect() as connection:
         connection.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
     url = database.update_query_dict({"options": f"-csearch_path={schema}"})
