@@ -13,6 +13,7 @@ import inspect
 import json
 import os
 import pickle
+import re
 import struct
 import subprocess
 import sys
@@ -45,6 +46,7 @@ from secure_kv.integrations.dify import (
     EncryptedStorage,
 )
 from secure_kv.keys import StaticMasterKey
+from secure_kv.keys.base import generate_master_key
 
 from .conftest import IN_CI
 from .dify_daemon import (
@@ -70,6 +72,7 @@ from dify_plugin import Tool
 from dify_plugin.entities.tool import ToolRuntime
 from dify_plugin.invocations.storage import StorageInvocation
 
+DOCS = Path(__file__).parent.parent / "docs" / "dify.md"
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "dify_v1.json").read_text(encoding="utf-8"))
 T0 = 1_800_000_000 * 1_000_000  # a fixed "now", in microseconds
 
@@ -837,3 +840,48 @@ def test_the_code_reads_and_writes_the_vectors(v: dict[str, Any], monkeypatch: p
         nonce=bytes.fromhex(v["nonce"]),
     )
     assert written.hex() == v["stored"]
+
+
+# --- docs/dify.md -----------------------------------------------------------------------
+
+
+def _docs_example(tool_name: str) -> dict[str, Any]:
+    """Run the docs' Python block that defines ``tool_name``; return what it defined."""
+    blocks = re.findall(r"```python\n(.*?)```", DOCS.read_text(encoding="utf-8"), flags=re.S)
+    for block in blocks:
+        if f"class {tool_name}(" in block:
+            defined: dict[str, Any] = {}
+            exec(compile(block, str(DOCS), "exec"), defined)
+            return defined
+    raise AssertionError(f"docs/dify.md has no example defining {tool_name}")
+
+
+def _invoke(tool_class: type, session: Any, **parameters: Any) -> str:
+    runtime = ToolRuntime(credentials={}, user_id="user-1", session_id=session.session_id)
+    (message,) = tool_class(runtime=runtime, session=session).invoke(parameters)
+    return str(message.message.text)
+
+
+def test_the_docs_encrypted_storage_example_runs(
+    daemon: InMemoryDifyDaemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SECURE_KV_MASTER_KEY", generate_master_key())
+    example = _docs_example("RememberTokenTool")
+    assert _invoke(example["RememberTokenTool"], daemon.connect(), token="sk-docs-0123") == "token stored"
+    assert {"tokens/user-1", "prefs/user-1/lang", "cache/user-1/search"} <= set(daemon.keys())
+    assert all(b"sk-docs-0123" not in stored for stored in _stored_bytes(daemon))
+
+
+def test_the_docs_workspace_example_runs(
+    daemon: InMemoryDifyDaemon, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SECURE_KV_DATABASE_URL", f"sqlite:///{tmp_path / 'plugin.db'}")
+    monkeypatch.setenv("SECURE_KV_KEY_PROVIDER", "env")
+    monkeypatch.setenv("SECURE_KV_MASTER_KEY", generate_master_key())
+    example = _docs_example("NotesTool")
+    try:
+        assert _invoke(example["NotesTool"], daemon.connect(), text="hello", token="sk-x") == "hello"
+        assert example["secure_store"]().workspace("notes-plugin").get("api_token") == b"sk-x"
+    finally:
+        example["secure_store"]().close()
+    assert daemon.requests == []  # nothing went to Dify's storage

@@ -42,7 +42,7 @@ with :class:`~secure_kv.errors.InvalidInputError` messages that say which rule a
   ``pkg/entities/plugin_entities/plugin_declaration.go``: all values of a tenant's plugin
   together may use at most the storage size its manifest declares (1 KiB to 1 GiB) and
   ``PERSISTENCE_STORAGE_MAX_SIZE`` (100 MiB by default). Each sealed record takes
-  :data:`RECORD_OVERHEAD` bytes more than its value, and the data keys about 80 bytes each.
+  :data:`RECORD_OVERHEAD` bytes more than its value, and a data key 87 bytes (two copies).
   A write over the quota comes back as :class:`~secure_kv.errors.StorageError`.
 
 **Layout in Dify's storage** (specified with versions in docs/dify.md, pinned by
