@@ -12,14 +12,19 @@ Two ways, both with the interface of ``dify_plugin``'s ``StorageInvocation`` (th
     in plaintext files or objects, only ever holds ciphertext.
 
 Both return ``None`` from ``get`` for a missing or expired key, as Dify's documentation
-promises. The SDK itself (0.7.x, and 0.10 as well) raises a bare ``Exception`` instead,
-carrying the daemon's message "load data failed, please check if the key is correct or you
-have not set it"; the daemon sends that same message for every failed load, so
-:class:`EncryptedStorage` asks ``exist`` before it calls a failed read a missing key.
+promises. The SDK itself (0.7.4 as installed, and 0.10.1 in langgenius/dify-plugin-sdks)
+raises instead: not its
+``StorageInvocationError`` (nor the ``NotFoundError`` its docstring names), but a bare
+``Exception`` from ``BackwardsInvocation._line_converter_wrapper`` (dify_plugin/core/runtime.py)
+carrying the daemon's error reply, "load data failed, please check if the key is correct or
+you have not set it" (task.go, ``executeDifyInvocationStorageTask``). The daemon sends that
+same message for every failed load, so :class:`EncryptedStorage` asks ``exist`` before it
+calls a failed read a missing key; an SDK whose ``get`` returns ``None`` works too.
 
 **Dify's storage rules**, as read in the plugin daemon's source
-(``langgenius/dify-plugin-daemon``, files below) and enforced here before anything is sent,
-with :class:`~secure_kv.errors.InvalidInputError` messages that say which rule a key broke:
+(``langgenius/dify-plugin-daemon`` at commit bdb5642a, August 2026; files below) and
+enforced here before anything is sent, with :class:`~secure_kv.errors.InvalidInputError`
+messages that say which rule a key broke:
 
 - ``internal/core/persistence/persistence.go`` (``checkPathTraversal``, ``Save``): a key
   whose ``path.Clean`` form contains ``..``, ``//`` or ``\\`` is refused as a path
@@ -75,6 +80,7 @@ from __future__ import annotations
 import math
 import os
 import struct
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -396,7 +402,12 @@ class EncryptedStorage:
         expires. An overwrite without ``ttl`` clears the previous expiry.
         """
         key_bytes = check_dify_key(key)
-        value = check_value(val, self._max_value_bytes)
+        value = check_value(val, sys.maxsize)
+        if len(value) > self._max_value_bytes:
+            raise InvalidInputError(
+                f"value is {len(value)} bytes; at most {self._max_value_bytes} fit one request to "
+                "Dify's plugin daemon (see max_value_bytes in docs/dify.md)"
+            )
         chosen = parse_category(category)
         seconds = check_ttl(ttl)
         if seconds is None and chosen is Category.CACHE:
