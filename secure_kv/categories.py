@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 from .errors import InvalidInputError, InvalidTypeError
 
 __all__ = ["Category", "parse_category"]
 
 
-class Category(str, Enum):
+class Category(StrEnum):
     """What kind of state an entry holds; it decides auditing, expiry and display.
 
     ``TOKEN``: a credential; masked in the CLI, every read audited.
@@ -20,9 +20,6 @@ class Category(str, Enum):
     TOKEN = "token"  # noqa: S105 (a category name, not a password)
     PREFERENCE = "preference"
     CACHE = "cache"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 # One byte per category in the sealed record's associated data (see docs/architecture.md).

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import getpass
 import socket
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +25,13 @@ ENV_PREFIX = "SECURE_KV_"
 APP_NAME = "secure-kv"
 
 
-class KeyProviderName(str, Enum):
+class KeyProviderName(StrEnum):
     KEYRING = "keyring"
     ENV = "env"
     FILE = "file"
 
 
-class CredentialPolicy(str, Enum):
+class CredentialPolicy(StrEnum):
     """What happens to a credential-looking value stored under a non-token category."""
 
     WARN = "warn"
@@ -39,12 +39,12 @@ class CredentialPolicy(str, Enum):
     REJECT = "reject"
 
 
-class AuditWrites(str, Enum):
+class AuditWrites(StrEnum):
     TOKENS = "tokens"
     ALL = "all"
 
 
-class SqliteSynchronous(str, Enum):
+class SqliteSynchronous(StrEnum):
     NORMAL = "normal"
     FULL = "full"
 

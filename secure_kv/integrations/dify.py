@@ -1,0 +1,654 @@
+"""Encrypted state for Dify plugins.
+
+Two ways, both with the interface of ``dify_plugin``'s ``StorageInvocation`` (the
+``self.session.storage`` of a tool or endpoint): ``set(key, val)``, ``get(key)``,
+``delete(key)``, ``exist(key)``. docs/dify.md shows both in a plugin.
+
+(a) A :class:`~secure_kv.store.Workspace` of a :class:`~secure_kv.SecureStore` on a database
+    of the plugin's own already has that interface (see :class:`PluginStorage`), with
+    ``category`` and ``ttl`` as extra keyword arguments.
+(b) :class:`EncryptedStorage` wraps the plugin's real ``self.session.storage`` and seals
+    every value before it is handed to the SDK, so Dify's own storage, which keeps values
+    in plaintext files or objects, only ever holds ciphertext.
+
+Both return ``None`` from ``get`` for a missing or expired key, as Dify's documentation
+promises. The SDK itself (0.7.4 as installed, and 0.10.1 in langgenius/dify-plugin-sdks)
+raises instead: not its
+``StorageInvocationError`` (nor the ``NotFoundError`` its docstring names), but a bare
+``Exception`` from ``BackwardsInvocation._line_converter_wrapper`` (dify_plugin/core/runtime.py)
+carrying the daemon's error reply, "load data failed, please check if the key is correct or
+you have not set it" (task.go, ``executeDifyInvocationStorageTask``). The daemon sends that
+same message for every failed load, so :class:`EncryptedStorage` asks ``exist`` before it
+calls a failed read a missing key; an SDK whose ``get`` returns ``None`` works too.
+
+**Dify's storage rules**, as read in the plugin daemon's source
+(``langgenius/dify-plugin-daemon`` at commit bdb5642a, August 2026; files below) and
+enforced here before anything is sent, with :class:`~secure_kv.errors.InvalidInputError`
+messages that say which rule a key broke:
+
+- ``internal/core/persistence/persistence.go`` (``checkPathTraversal``, ``Save``): a key
+  whose ``path.Clean`` form contains ``..``, ``//`` or ``\\`` is refused as a path
+  traversal attempt (on every operation); a key longer than 256 bytes is refused on
+  ``set``. Here: no ``..`` and no backslash anywhere, at most 256 bytes of UTF-8.
+- ``internal/core/persistence/wrapper.go`` (``getFilePath``): the key is passed through
+  ``path.Clean`` and joined under ``<storage path>/<tenant>/<plugin>/``, so ``a/``,
+  ``/a``, ``./a`` and ``a//b`` would name the same file as ``a`` and ``a/b``. Here a key
+  must already be clean: ``/``-separated segments, none of them empty or ``.``.
+- ``internal/core/dify_invocation/types.go`` (``InvokeStorageRequest``): the key is
+  required (not empty); the value travels hex-encoded in a JSON request.
+- ``internal/types/app/config.go`` (``PLUGIN_RUNTIME_MAX_BUFFER_SIZE``, default 5242880)
+  with ``internal/core/local_runtime/instance.go``: the daemon reads a locally run
+  plugin's output one line at a time, at most 5 MiB a line, and stops the plugin when a
+  line is longer. A ``set`` request is one line carrying the value in hex, so a sealed
+  record may be at most (5 MiB - 4 KiB for the request around it) / 2 bytes:
+  :data:`DEFAULT_MAX_VALUE_BYTES` (2,619,328 bytes of plaintext). A deployment that
+  raised that buffer, or runs plugins serverless, can pass ``max_value_bytes``.
+- ``internal/core/persistence/persistence.go`` (``Save``) with
+  ``pkg/entities/plugin_entities/plugin_declaration.go``: all values of a tenant's plugin
+  together may use at most the storage size its manifest declares (1 KiB to 1 GiB) and
+  ``PERSISTENCE_STORAGE_MAX_SIZE`` (100 MiB by default). Each sealed record takes
+  :data:`RECORD_OVERHEAD` bytes more than its value, and a data key 87 bytes (two copies).
+  A write over the quota comes back as :class:`~secure_kv.errors.StorageError`.
+
+**Layout in Dify's storage** (specified with versions in docs/dify.md, pinned by
+``tests/vectors/dify_v1.json``). User keys are stored under their own names, in plaintext;
+names starting with :data:`RESERVED_PREFIX` are reserved:
+
+- ``__secure_kv__/dek-<id>``: one data key (DEK), a random 256-bit key with a random
+  32-bit id, wrapped by the master key with :func:`~secure_kv.envelope.wrap_data_key`
+  (bound to the namespace and the id) and stored with the master key's ``kek_id``, so a
+  wrong master key raises :class:`~secure_kv.errors.MasterKeyError` rather than looking
+  like tampering. Never overwritten.
+- ``__secure_kv__/dek``: a copy of the data key new values are sealed with.
+- every other key: a record, ``"SKVD"`` | format | category | ``expires_at`` | the value
+  sealed by :func:`~secure_kv.envelope.seal_value`, whose associated data binds the
+  namespace, the key, the category and ``expires_at`` (so all three are authenticated).
+
+**Creating the data key without compare-and-set.** Dify's storage has none, so two plugin
+processes may both find no data key and both create one. Each writes its new key under its
+own name first, then the ``__secure_kv__/dek`` pointer, then reads the pointer back and
+uses whatever it holds. The last writer wins the pointer; the other key stays stored under
+its own name, and every value names its key's id in its header, so values sealed under
+either key stay readable. What remains: two processes can draw the same random id at the
+same moment (chance 2^-32 per pair of simultaneous creators, and an ``exist`` check first
+narrows it to that moment); then one key overwrites the other and values sealed under the
+lost one in that window fail with :class:`~secure_kv.errors.AuthenticationError`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar
+
+from ..categories import CATEGORIES_BY_CODE, CATEGORY_CODES, Category, parse_category
+from ..datakeys import now_micros
+from ..envelope import (
+    NO_EXPIRY,
+    SEAL_OVERHEAD,
+    DataKey,
+    Header,
+    new_data_key_bytes,
+    open_value,
+    parse_header,
+    record_context,
+    seal_value,
+    unwrap_data_key,
+    wrap_data_key,
+)
+from ..errors import (
+    AuthenticationError,
+    InvalidInputError,
+    InvalidTypeError,
+    MasterKeyError,
+    SecureKVError,
+    StorageError,
+    UnsupportedVersionError,
+)
+from ..keys import MasterKeyProvider, provider_from_settings
+from ..settings import Settings, load_settings
+from ..validation import Buffer, check_key, check_ttl, check_value, check_workspace_name
+
+if TYPE_CHECKING:
+    from ..store import Workspace
+
+__all__ = [
+    "CURRENT_DATA_KEY",
+    "DEFAULT_MAX_VALUE_BYTES",
+    "DEFAULT_NAMESPACE",
+    "RECORD_OVERHEAD",
+    "RESERVED_PREFIX",
+    "EncryptedStorage",
+    "PluginStorage",
+    "check_dify_key",
+]
+
+#: Keys starting with this are secure_kv's own (its data keys); users cannot use them.
+RESERVED_PREFIX = "__secure_kv__"
+#: Where the data key that seals new values is kept.
+CURRENT_DATA_KEY = f"{RESERVED_PREFIX}/dek"
+#: The workspace label bound into every record and data key unless another is given.
+DEFAULT_NAMESPACE = "dify-plugin-storage"
+
+# The plugin daemon's limits (see the module docstring for the files they come from).
+DAEMON_MAX_KEY_BYTES = 256
+DAEMON_MAX_LINE_BYTES = 5 * 1024 * 1024
+# Room for the JSON request around the hex value: the envelope, ids and the key, which
+# JSON may escape to 6 bytes a byte (256 * 6 = 1,536); measured at about 2 KiB at worst.
+_REQUEST_FRAMING_RESERVE = 4096
+
+_RECORD_MAGIC = b"SKVD"
+_RECORD_FORMAT = 1
+_RECORD_HEADER = struct.Struct(">4sBBq")  # magic, format, category code, expires_at
+#: Bytes a sealed record takes beyond its value: 14 of record header, 50 of envelope.
+RECORD_OVERHEAD = _RECORD_HEADER.size + SEAL_OVERHEAD
+#: The largest value whose ``set`` request fits the daemon's default 5 MiB line.
+DEFAULT_MAX_VALUE_BYTES = (DAEMON_MAX_LINE_BYTES - _REQUEST_FRAMING_RESERVE) // 2 - RECORD_OVERHEAD
+
+_KEY_RECORD_MAGIC = b"SKVK"
+_KEY_RECORD_FORMAT = 1
+_KEY_RECORD_HEADER = struct.Struct(">4sBIB")  # magic, format, key id, length of kek_id
+_MAX_CREATE_ATTEMPTS = 8
+_MAX_CACHED_KEYS = 64
+
+
+class PluginStorage(Protocol):
+    """The interface of ``dify_plugin``'s ``StorageInvocation`` (``self.session.storage``).
+
+    ``get`` is typed as Dify's documentation describes it (``None`` for a missing key);
+    the SDK's own ``get`` returns ``bytes`` and raises for a missing key, which fits too.
+    """
+
+    def set(self, key: str, val: bytes) -> None: ...
+
+    def get(self, key: str) -> bytes | None: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def exist(self, key: str) -> bool: ...
+
+
+if TYPE_CHECKING:
+    # mypy proves what the contract promises: a Workspace, and EncryptedStorage itself,
+    # can stand wherever a plugin expects ``self.session.storage``.
+    def _workspace_is_plugin_storage(workspace: Workspace) -> PluginStorage:
+        return workspace
+
+    def _encrypted_storage_is_plugin_storage(storage: EncryptedStorage) -> PluginStorage:
+        return storage
+
+
+def check_dify_key(key: object) -> bytes:
+    """Return the key's UTF-8 bytes if Dify's storage takes it unchanged and it is not reserved.
+
+    The rules are secure_kv's (a ``str`` of 1-256 bytes of UTF-8, no NUL) and the plugin
+    daemon's (no ``..``, no backslash, a clean ``/``-separated path). Messages never echo
+    the key: a misplaced argument may be a secret.
+    """
+    encoded = check_key(key)
+    assert isinstance(key, str)  # check_key accepted it
+    if "\\" in key:
+        raise InvalidInputError(
+            "key must not contain a backslash: Dify's plugin daemon refuses it as a path traversal attempt"
+        )
+    if ".." in key:
+        raise InvalidInputError(
+            "key must not contain '..': Dify's plugin daemon refuses it as a path traversal attempt"
+        )
+    if any(segment in ("", ".") for segment in key.split("/")):
+        raise InvalidInputError(
+            "key must be a clean path: no leading or trailing '/', no '//' and no '.' segment "
+            "(Dify stores a key as a file path and would merge such a key with another)"
+        )
+    if key.startswith(RESERVED_PREFIX):
+        raise InvalidInputError(
+            f"keys starting with {RESERVED_PREFIX!r} are reserved for secure_kv's data keys"
+        )
+    return encoded
+
+
+# --- Byte layouts (docs/dify.md) -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Record:
+    category: Category
+    expires_at: int | None
+    sealed: bytes
+
+
+def _seal_record(
+    data_key: DataKey,
+    namespace: bytes,
+    key: bytes,
+    category: Category,
+    expires_at: int | None,
+    value: Buffer,
+    *,
+    salt: bytes | None = None,
+    nonce: bytes | None = None,
+) -> bytes:
+    """``"SKVD"`` | u8 format | u8 category | i64 expires_at | sealed value (envelope format 1).
+
+    ``salt`` and ``nonce`` are for test vectors only.
+    """
+    code = CATEGORY_CODES[category]
+    context = record_context(namespace, key, code, expires_at)
+    sealed = seal_value(data_key, context, value, salt=salt, nonce=nonce)
+    header = _RECORD_HEADER.pack(
+        _RECORD_MAGIC, _RECORD_FORMAT, code, NO_EXPIRY if expires_at is None else expires_at
+    )
+    return header + bytes(sealed)
+
+
+def _parse_record(blob: bytes) -> _Record:
+    """Raise :class:`AuthenticationError` for anything but a record of a known format."""
+    if len(blob) < _RECORD_HEADER.size or blob[:4] != _RECORD_MAGIC:
+        raise AuthenticationError("not a secure_kv record")
+    _, version, code, expires_at = _RECORD_HEADER.unpack_from(blob)
+    if version > _RECORD_FORMAT:
+        raise UnsupportedVersionError(
+            f"record has format {version}: it was written by a newer secure_kv "
+            f"(this one reads format {_RECORD_FORMAT}); upgrade secure_kv"
+        )
+    category = CATEGORIES_BY_CODE.get(code)
+    if version != _RECORD_FORMAT or category is None:
+        raise AuthenticationError("record header is malformed")
+    return _Record(category, None if expires_at == NO_EXPIRY else expires_at, blob[_RECORD_HEADER.size :])
+
+
+def _key_record(key_id: int, kek_id: str, wrapped: bytes) -> bytes:
+    """``"SKVK"`` | u8 format | u32 key id | u8 length | kek_id (ASCII) | wrapped DEK."""
+    kek = kek_id.encode("ascii")
+    if len(kek) > 255:
+        raise MasterKeyError("the master key's kek_id is longer than 255 characters")
+    return _KEY_RECORD_HEADER.pack(_KEY_RECORD_MAGIC, _KEY_RECORD_FORMAT, key_id, len(kek)) + kek + wrapped
+
+
+def _parse_key_record(blob: bytes) -> tuple[int, str, bytes]:
+    """The key id, the kek_id and the wrapped DEK; :class:`AuthenticationError` if malformed."""
+    if len(blob) < _KEY_RECORD_HEADER.size or blob[:4] != _KEY_RECORD_MAGIC:
+        raise AuthenticationError("not a secure_kv data key")
+    _, version, key_id, kek_length = _KEY_RECORD_HEADER.unpack_from(blob)
+    if version > _KEY_RECORD_FORMAT:
+        raise UnsupportedVersionError(
+            f"data key record has format {version}: it was written by a newer secure_kv; upgrade secure_kv"
+        )
+    start = _KEY_RECORD_HEADER.size
+    kek = blob[start : start + kek_length]
+    if version != _KEY_RECORD_FORMAT or len(kek) != kek_length or not kek.isascii():
+        raise AuthenticationError("data key record is malformed")
+    return key_id, kek.decode("ascii"), blob[start + kek_length :]
+
+
+def _data_key_name(key_id: int) -> str:
+    return f"{RESERVED_PREFIX}/dek-{key_id:08x}"
+
+
+# --- The wrapper -----------------------------------------------------------------------
+
+_T = TypeVar("_T")
+
+
+def _reason(error: BaseException) -> str:
+    """The first line of an SDK or daemon error, short: enough to act on, nothing more."""
+    lines = str(error).strip().splitlines()
+    text = lines[0][:200] if lines else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+class EncryptedStorage:
+    """Dify's plugin storage, encrypted on the plugin's side.
+
+    ``EncryptedStorage(self.session.storage, master_key=provider)`` has the same four
+    methods as the storage it wraps, plus secure_kv's categories and TTLs::
+
+        storage = EncryptedStorage(self.session.storage, master_key=EnvMasterKey())
+        storage.set("openai", b"sk-...", category=Category.TOKEN)
+        storage.get("openai")        # b"sk-..."; None when missing or expired
+
+    Every value is sealed with AES-256-GCM under a data key kept in the same storage,
+    wrapped by the master key. ``namespace`` is the workspace label bound into every record
+    and data key; keep the default, or pick one per storage and never change it (records
+    written under another namespace fail authentication). ``max_value_bytes`` defaults to
+    what fits the daemon's 5 MiB request line (:data:`DEFAULT_MAX_VALUE_BYTES`) or
+    ``SECURE_KV_MAX_VALUE_BYTES``, whichever is smaller; ``default_cache_ttl`` to
+    ``SECURE_KV_DEFAULT_CACHE_TTL``.
+
+    Create one per session (the SDK's storage belongs to one): the first write, or the
+    first read of a value, fetches the data key, and the object keeps it in memory.
+    """
+
+    __slots__ = (
+        "_current",
+        "_default_cache_ttl",
+        "_keys",
+        "_lock",
+        "_max_value_bytes",
+        "_namespace_bytes",
+        "_provider",
+        "_storage",
+        "namespace",
+    )
+
+    def __init__(
+        self,
+        storage: PluginStorage,
+        master_key: MasterKeyProvider | None = None,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        max_value_bytes: int | None = None,
+        default_cache_ttl: float | None = None,
+    ) -> None:
+        missing = [
+            name for name in ("set", "get", "delete", "exist") if not callable(getattr(storage, name, None))
+        ]
+        if missing:
+            raise InvalidTypeError(
+                f"storage must be a plugin's self.session.storage (with set, get, delete and exist); "
+                f"{type(storage).__name__} has no {', '.join(missing)}"
+            )
+        if master_key is not None and not isinstance(master_key, MasterKeyProvider):
+            raise InvalidTypeError(
+                "master_key must be a provider from secure_kv.keys (for raw bytes, "
+                f"StaticMasterKey(key)), not {type(master_key).__name__}"
+            )
+        if max_value_bytes is not None and (
+            isinstance(max_value_bytes, bool) or not isinstance(max_value_bytes, int) or max_value_bytes < 0
+        ):
+            raise InvalidInputError("max_value_bytes must be a non-negative int")
+        cache_ttl = check_ttl(default_cache_ttl)
+        self._namespace_bytes = check_workspace_name(namespace)
+        self.namespace = namespace
+        settings: Settings | None = None
+        if master_key is None or max_value_bytes is None or cache_ttl is None:
+            settings = load_settings()
+        if master_key is None:
+            assert settings is not None
+            master_key = provider_from_settings(settings)
+        master_key.current_key()  # fail now, not on the first write, if the key is unavailable
+        self._provider = master_key
+        if max_value_bytes is None:
+            assert settings is not None
+            max_value_bytes = min(DEFAULT_MAX_VALUE_BYTES, settings.max_value_bytes)
+        self._max_value_bytes = max_value_bytes
+        if cache_ttl is None:
+            assert settings is not None
+            cache_ttl = settings.default_cache_ttl
+        self._default_cache_ttl = cache_ttl
+        self._storage = storage
+        self._current: DataKey | None = None
+        self._keys: dict[int, DataKey] = {}
+        self._lock = threading.Lock()
+
+    # --- The four methods ---------------------------------------------------------------
+
+    def set(
+        self,
+        key: str,
+        val: bytes | bytearray | memoryview,
+        *,
+        category: Category | str = Category.PREFERENCE,
+        ttl: float | Any = None,
+    ) -> None:
+        """Seal ``val`` and store it under ``key``, replacing any previous value.
+
+        ``ttl`` (seconds or a timedelta) makes the entry expire; a cache entry always
+        expires. An overwrite without ``ttl`` clears the previous expiry.
+        """
+        key_bytes = check_dify_key(key)
+        value = check_value(val, sys.maxsize)
+        if len(value) > self._max_value_bytes:
+            raise InvalidInputError(
+                f"value is {len(value)} bytes; at most {self._max_value_bytes} fit one request to "
+                "Dify's plugin daemon (see max_value_bytes in docs/dify.md)"
+            )
+        chosen = parse_category(category)
+        seconds = check_ttl(ttl)
+        if seconds is None and chosen is Category.CACHE:
+            seconds = self._default_cache_ttl
+        expires_at = None if seconds is None else now_micros() + max(1, math.ceil(seconds * 1_000_000))
+        data_key = self._current_key()
+        blob = _seal_record(data_key, self._namespace_bytes, key_bytes, chosen, expires_at, value)
+        self._call(f"write {self._describe(key)}", lambda: self._storage.set(key, blob))
+
+    def get(self, key: str) -> bytes | None:
+        """The value, or ``None`` if the key is missing or expired.
+
+        Raises :class:`AuthenticationError` if the stored record was altered, truncated or
+        moved, and :class:`MasterKeyError` if its data key was wrapped by a master key the
+        provider does not hold.
+        """
+        key_bytes = check_dify_key(key)
+        blob = self._fetch(key)
+        if blob is None:
+            return None
+        record = self._open_record(key, blob)
+        if record.expires_at is not None and record.expires_at <= now_micros():
+            return None  # left in place: deleting it here could delete a newer value written meanwhile
+        try:
+            header = parse_header(record.sealed)
+        except UnsupportedVersionError as error:
+            raise UnsupportedVersionError(f"{self._describe(key)}: {error}") from None
+        except AuthenticationError:
+            raise self._tampered(key) from None
+        data_key = self._data_key(header.dek_version, key)
+        return self._open_value(key, key_bytes, record, data_key, header)
+
+    def exist(self, key: str) -> bool:
+        """Whether ``key`` holds an unexpired value (read, but not decrypted).
+
+        Like :meth:`Workspace.exist <secure_kv.store.Workspace.exist>` it reports what the
+        record's header says; a stored blob that is not a readable record counts as
+        present, and :meth:`get` then says what is wrong with it.
+        """
+        check_dify_key(key)
+        blob = self._fetch(key)
+        if blob is None:
+            return False
+        try:
+            record = _parse_record(blob)
+        except (AuthenticationError, UnsupportedVersionError):
+            return True
+        return record.expires_at is None or record.expires_at > now_micros()
+
+    def delete(self, key: str) -> None:
+        """Remove ``key``; deleting a missing key is not an error."""
+        check_dify_key(key)
+        try:
+            self._storage.delete(key)
+        except SecureKVError:
+            raise
+        except Exception as error:
+            # The daemon fails to delete a key it does not have (it cannot stat the file).
+            if self._raw_exist(key) is False:
+                return
+            raise StorageError(
+                f"Dify storage could not delete {self._describe(key)}: {_reason(error)}"
+            ) from None
+
+    # --- Data keys ----------------------------------------------------------------------
+
+    def _current_key(self) -> DataKey:
+        current = self._current
+        if current is not None:
+            return current
+        with self._lock:
+            if self._current is None:
+                self._current = self._load_current()
+            return self._current
+
+    def _load_current(self) -> DataKey:
+        for _ in range(_MAX_CREATE_ATTEMPTS):
+            stored = self._fetch(CURRENT_DATA_KEY)
+            if stored is not None:
+                return self._open_key_record(stored, CURRENT_DATA_KEY, expected_id=None)
+            self._create_data_key()
+            # Read the pointer back and use what it holds: another process may have
+            # written its own key after ours, and then everyone uses that one.
+        raise StorageError(
+            f"could not create a data key in Dify storage {self.namespace!r}: "
+            f"{CURRENT_DATA_KEY!r} keeps disappearing; retry the call"
+        )
+
+    def _create_data_key(self) -> None:
+        master = self._provider.current_key()
+        key_id = self._new_key_id()
+        record = _key_record(
+            key_id, master.kek_id, wrap_data_key(master, new_data_key_bytes(), self._namespace_bytes, key_id)
+        )
+        # Its own name first, never overwritten: values sealed under it stay readable even
+        # if another process's key wins the pointer.
+        self._put(_data_key_name(key_id), record)
+        self._put(CURRENT_DATA_KEY, record)
+
+    def _new_key_id(self) -> int:
+        for _ in range(_MAX_CREATE_ATTEMPTS):
+            key_id = int.from_bytes(os.urandom(4), "big")
+            if key_id != 0 and self._raw_exist(_data_key_name(key_id)) is False:
+                return key_id
+        raise StorageError(
+            f"could not pick a free data key id in Dify storage {self.namespace!r}; retry the call"
+        )
+
+    def _data_key(self, key_id: int, for_key: str) -> DataKey:
+        found = self._keys.get(key_id)
+        if found is not None:
+            return found
+        name = _data_key_name(key_id)
+        stored = self._fetch(name)
+        if stored is None:
+            # Fall back to the pointer's copy in case only the named copy was lost.
+            stored = self._fetch(CURRENT_DATA_KEY)
+            if stored is None or self._key_id_of(stored) != key_id:
+                raise AuthenticationError(
+                    f"{self._describe(for_key)} names data key {key_id:08x}, which is not in Dify's "
+                    f"storage: the record was altered, or {name!r} was deleted (values sealed "
+                    "under it cannot be recovered)"
+                )
+            name = CURRENT_DATA_KEY
+        return self._open_key_record(stored, name, expected_id=key_id)
+
+    @staticmethod
+    def _key_id_of(blob: bytes) -> int | None:
+        try:
+            return _parse_key_record(blob)[0]
+        except SecureKVError:
+            return None
+
+    def _open_key_record(self, blob: bytes, name: str, *, expected_id: int | None) -> DataKey:
+        where = f"data key {name!r} of Dify storage {self.namespace!r}"
+        try:
+            key_id, kek_id, wrapped = _parse_key_record(blob)
+        except UnsupportedVersionError as error:
+            raise UnsupportedVersionError(f"{where}: {error}") from None
+        except AuthenticationError:
+            raise AuthenticationError(f"{where} failed authentication: it is malformed") from None
+        if expected_id is not None and key_id != expected_id:
+            raise AuthenticationError(f"{where} failed authentication: it holds another key")
+        master = self._provider.find(kek_id)
+        if master is None:
+            held = ", ".join(key.kek_id for key in self._provider.all_keys())
+            raise MasterKeyError(
+                f"wrong master key: {where} is wrapped by master key {kek_id}, but the provider "
+                f"holds only {held}; use that master key (or list it as a previous key)"
+            )
+        try:
+            data_key = unwrap_data_key(master, wrapped, self._namespace_bytes, key_id)
+        except UnsupportedVersionError as error:
+            raise UnsupportedVersionError(f"{where}: {error}") from None
+        except AuthenticationError:
+            raise AuthenticationError(
+                f"{where} failed authentication: it was altered, or written under another namespace"
+            ) from None
+        if len(self._keys) >= _MAX_CACHED_KEYS:
+            self._keys.clear()
+        self._keys[key_id] = data_key
+        return data_key
+
+    # --- Records ------------------------------------------------------------------------
+
+    def _open_record(self, key: str, blob: bytes) -> _Record:
+        try:
+            return _parse_record(blob)
+        except UnsupportedVersionError as error:
+            raise UnsupportedVersionError(f"{self._describe(key)}: {error}") from None
+        except AuthenticationError:
+            raise self._tampered(key) from None
+
+    def _open_value(
+        self, key: str, key_bytes: bytes, record: _Record, data_key: DataKey, header: Header
+    ) -> bytes:
+        context = record_context(
+            self._namespace_bytes, key_bytes, CATEGORY_CODES[record.category], record.expires_at
+        )
+        try:
+            return open_value(data_key, context, record.sealed, header)
+        except AuthenticationError:
+            raise self._tampered(key) from None
+
+    # --- Calls into the SDK -------------------------------------------------------------
+
+    def _fetch(self, key: str) -> bytes | None:
+        """The stored bytes, or ``None`` for a missing key, whichever way the SDK says so."""
+        try:
+            raw = self._storage.get(key)
+        except SecureKVError:
+            raise
+        except Exception as error:
+            # SDK 0.7.x raises a bare Exception for a missing key, with the same daemon
+            # message as for any other failed load: only exist() tells them apart.
+            if self._raw_exist(key) is False:
+                return None
+            raise StorageError(
+                f"Dify storage could not read {self._describe(key)}: {_reason(error)}"
+            ) from None
+        if raw is None:
+            return None
+        if not isinstance(raw, (bytes, bytearray, memoryview)):
+            raise StorageError(
+                f"Dify storage returned {type(raw).__name__} for {self._describe(key)}, not bytes"
+            )
+        return bytes(raw)
+
+    def _raw_exist(self, key: str) -> bool | None:
+        """What the SDK's ``exist`` says; ``None`` if it failed too."""
+        try:
+            return bool(self._storage.exist(key))
+        except SecureKVError:
+            raise
+        except Exception:
+            return None
+
+    def _put(self, key: str, blob: bytes) -> None:
+        self._call(f"write {key!r} of Dify storage {self.namespace!r}", lambda: self._storage.set(key, blob))
+
+    def _call(self, what: str, call: Callable[[], _T]) -> _T:
+        try:
+            return call()
+        except SecureKVError:
+            raise
+        except Exception as error:
+            raise StorageError(f"Dify storage could not {what}: {_reason(error)}") from None
+
+    # --- Presentation -------------------------------------------------------------------
+
+    def _describe(self, key: str) -> str:
+        return f"record {key!r} of Dify storage {self.namespace!r}"
+
+    def _tampered(self, key: str) -> AuthenticationError:
+        return AuthenticationError(
+            f"{self._describe(key)} failed authentication: the stored blob was altered, "
+            "truncated or moved from another key, or is not a secure_kv record"
+        )
+
+    def __repr__(self) -> str:
+        return f"<EncryptedStorage namespace={self.namespace!r} kek_id={self._provider.current_key().kek_id}>"
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("EncryptedStorage holds key material and cannot be pickled")
