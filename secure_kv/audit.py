@@ -150,6 +150,18 @@ class AuditLog:
                 signer = self._signer
         return signer
 
+    def prepare(self) -> None:
+        """Load (or create) the signing key now, outside any caller's transaction.
+
+        Events written inside a caller's transaction then never need a second connection,
+        which on SQLite would wait for the caller's own write lock. A failure is logged and
+        tried again on the first event, which fails closed if it persists.
+        """
+        try:
+            self.signer()
+        except Exception as error:
+            log.error("the audit signing key cannot be loaded: %s", _first_line(error))
+
     def _lease(self) -> _Chain:
         with self._lock:
             while self._idle:

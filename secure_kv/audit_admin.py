@@ -175,9 +175,12 @@ def prune(store: SecureStore, before: int) -> PruneReport:
             )
         ]
         keys = public_keys(connection)
-        chain_keys = dict(
-            connection.execute(sa.select(audit_chains.c.id, audit_chains.c.signing_key_id)).tuples().all()
-        )
+        chain_keys = {
+            int(chain): int(key_id)
+            for chain, key_id in connection.execute(
+                sa.select(audit_chains.c.id, audit_chains.c.signing_key_id)
+            )
+        }
     removed, cut_chains, refused = 0, 0, []
     for chain in chains:
         with database.connect(lock=True) as connection, connection.begin():
@@ -242,10 +245,11 @@ def _check_segment(
     else:
         seq, previous = 0, genesis_digest(chain, key_id)
     signature = b""
-    rows = connection.execution_options(stream_results=True, yield_per=2000).execute(
+    rows = connection.execute(
         sa.select(audit_events)
         .where(audit_events.c.chain_id == chain, audit_events.c.seq > seq, audit_events.c.seq <= cut)
         .order_by(audit_events.c.seq)
+        .execution_options(stream_results=True, yield_per=2000)
     )
     for row in rows:
         seq += 1

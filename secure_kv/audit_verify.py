@@ -452,5 +452,4 @@ def _show(name: Any) -> str:
 def _stream(database: Database, query: Any) -> Iterator[Any]:
     """Rows of ``query`` fetched in batches from a server-side cursor: constant memory."""
     with database.connect() as connection, connection.begin():
-        result = connection.execution_options(stream_results=True, yield_per=_BATCH).execute(query)
-        yield from result
+        yield from connection.execute(query.execution_options(stream_results=True, yield_per=_BATCH))

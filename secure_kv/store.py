@@ -111,7 +111,9 @@ class SecureStore:
         except BaseException:
             database.close()
             raise
-        return cls(database, provider, settings)
+        store = cls(database, provider, settings)
+        store._audit.prepare()
+        return store
 
     @classmethod
     def from_settings(cls, **options: Any) -> SecureStore:
