@@ -167,6 +167,7 @@ def _progress(label: str) -> Progress:
         TimeElapsedColumn(),
         console=err_console,
         transient=True,
+        disable=not err_console.is_terminal,  # no bar, nor stray blank lines, in pipes and logs
     )
 
 

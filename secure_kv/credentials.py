@@ -176,40 +176,66 @@ RULES: tuple[tuple[str, str, str], ...] = (
     ("jwt", "eyJ", rf"eyJ[{_T}]{{10,}}\.eyJ[{_T}]{{10,}}\.[{_T}]{{10,}}"),
 )
 
-# Rules over the whole text: their matches span characters that end a word.
-_TEXT_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("private-key", re.compile(r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----")),
-    ("putty-private-key", re.compile(r"PuTTY-User-Key-File-\d+:")),
+# Rules over the whole text: their matches span characters that end a word. Each has a
+# literal that any match contains (in lower case for the case-insensitive ones), so the
+# regular expression only runs on text that may match.
+_TEXT_RULES: tuple[tuple[str, str, re.Pattern[str]], ...] = (
+    ("private-key", "PRIVATE KEY", re.compile(r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----")),
+    ("putty-private-key", "PuTTY-User-Key-File-", re.compile(r"PuTTY-User-Key-File-\d+:")),
     (
         "url-with-password",
+        "://",
         re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.\-]{1,30}://[^\s/:@]{1,200}:[^\s/:@]{3,200}@[^\s/@]"),
     ),
     (
         "slack-webhook-url",
+        "hooks.slack.com/",
         re.compile(r"hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9+/]{20,}"),
     ),
-    ("discord-webhook-url", re.compile(r"discord(?:app)?\.com/api/webhooks/\d+/[A-Za-z0-9_\-]{50,}")),
-    ("teams-webhook-url", re.compile(r"\.webhook\.office\.com/webhookb2/[A-Za-z0-9\-@]{40,}")),
-    ("telegram-bot-token", re.compile(r"(?<![0-9])\d{6,12}:AA[A-Za-z0-9_\-]{32,34}(?![A-Za-z0-9_\-])")),
-    ("azure-storage-key", re.compile(r"AccountKey=[A-Za-z0-9+/]{80,90}={0,2}")),
-    ("azure-sas-signature", re.compile(r"[?&]sig=[A-Za-z0-9%+/]{40,}")),
-    ("braintree-token", re.compile(r"access_token\$production\$[a-z0-9]{16}\$[a-f0-9]{32}")),
+    (
+        "discord-webhook-url",
+        "/api/webhooks/",
+        re.compile(r"discord(?:app)?\.com/api/webhooks/\d+/[A-Za-z0-9_\-]{50,}"),
+    ),
+    (
+        "teams-webhook-url",
+        ".webhook.office.com/",
+        re.compile(r"\.webhook\.office\.com/webhookb2/[A-Za-z0-9\-@]{40,}"),
+    ),
+    (
+        "telegram-bot-token",
+        ":AA",
+        re.compile(r"(?<![0-9])\d{6,12}:AA[A-Za-z0-9_\-]{32,34}(?![A-Za-z0-9_\-])"),
+    ),
+    ("azure-storage-key", "AccountKey=", re.compile(r"AccountKey=[A-Za-z0-9+/]{80,90}={0,2}")),
+    ("azure-sas-signature", "sig=", re.compile(r"[?&]sig=[A-Za-z0-9%+/]{40,}")),
+    (
+        "braintree-token",
+        "access_token$",
+        re.compile(r"access_token\$production\$[a-z0-9]{16}\$[a-f0-9]{32}"),
+    ),
     (
         "discord-bot-token",
+        ".",
         re.compile(r"(?<![A-Za-z0-9])[MN][A-Za-z0-9]{23,25}\.[A-Za-z0-9_\-]{6}\.[A-Za-z0-9_\-]{27,38}"),
     ),
-    ("authorization-header", re.compile(r"(?i)\b(?:bearer|token)\s+[A-Za-z0-9_\-.~+/]{20,}=*")),
-    ("authorization-header", re.compile(r"(?i)\bbasic\s+[A-Za-z0-9+/]{16,}={0,2}(?![A-Za-z0-9+/])")),
 )
-
-# "api_key = ...", "password: ...", "SECRET_TOKEN=...", '"client_secret": "..."'.
-_ASSIGNMENT = re.compile(
-    r"(?i)(?:api[_\-]?key|apikey|secret|token|passw(?:or)?d|passwd|pwd|credential|"
-    r"access[_\-]?key|private[_\-]?key|auth)[A-Za-z0-9_\-]{0,20}[\"']?\s{0,3}[:=]>?\s{0,3}[\"']?"
-    r"([^\s\"',;&}<>]{8,200})"
+_HEADER_RULES: tuple[tuple[str, str, re.Pattern[str]], ...] = (
+    ("authorization-header", "bearer", re.compile(r"(?i)\bbearer\s+[A-Za-z0-9_\-.~+/]{20,}=*")),
+    ("authorization-header", "token ", re.compile(r"(?i)\btoken\s+[A-Za-z0-9_\-.~+/]{20,}=*")),
+    (
+        "authorization-header",
+        "basic",
+        re.compile(r"(?i)\bbasic\s+[A-Za-z0-9+/]{16,}={0,2}(?![A-Za-z0-9+/])"),
+    ),
 )
+# "api_key = ...", "password: ...", "SECRET_TOKEN=...", '"client_secret": "..."': what may
+# follow one of these words (in lower case) before the value.
+_ASSIGNMENT_WORDS = ("key", "secret", "token", "pass", "pwd", "credential", "auth")
+_ASSIGNMENT_TAIL = re.compile(r"[a-z0-9_\-]{0,20}[\"']?\s{0,3}[:=]>?\s{0,3}[\"']?([^\s\"',;&}<>]{8,200})")
 # A word: where the known formats are looked for.
 _WORD = re.compile(r"[A-Za-z0-9_\-.~+/]{10,}={0,3}")
+_VOWELS = frozenset("aeiouAEIOU")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _HEX = re.compile(r"(?:0x)?[0-9a-fA-F]+")
@@ -259,13 +285,22 @@ def _scan(text: str) -> str | None:
         found = _known_format(word)
         if found is not None:
             return found
-    for name, pattern in _TEXT_RULES:
-        if pattern.search(text):
+    for name, needle, pattern in _TEXT_RULES:
+        if needle in text and pattern.search(text):
             return name
-    for match in _ASSIGNMENT.finditer(text):
-        candidate = match.group(1)
-        if not _PLACEHOLDER.match(candidate) and _looks_random(candidate, minimum=8):
-            return "secret-assignment"
+    lowered = text.lower()
+    for name, needle, pattern in _HEADER_RULES:
+        if needle in lowered and pattern.search(text):
+            return name
+    for word in _ASSIGNMENT_WORDS:
+        start = lowered.find(word)
+        while start >= 0:
+            match = _ASSIGNMENT_TAIL.match(lowered, start + len(word))
+            if match is not None:
+                candidate = text[match.start(1) : match.end(1)]  # the value, with its case
+                if not _PLACEHOLDER.match(candidate) and _looks_random(candidate, minimum=8):
+                    return "secret-assignment"
+            start = lowered.find(word, start + 1)
     stripped = text.strip()
     if 20 <= len(stripped) <= 512 and not any(char.isspace() for char in stripped):
         if _high_entropy_token(stripped):
@@ -310,6 +345,9 @@ def _looks_random(text: str, *, minimum: int) -> bool:
         return False
     if not any(char.isalpha() for char in text):
         return False
+    letters = [char for char in text if char.isalpha()]
+    if len(letters) >= 8 and sum(char in _VOWELS for char in letters) / len(letters) >= 0.3:
+        return False  # words: about 38 % of letters in English identifiers are vowels, 19 % at random
     switches = sum(1 for a, b in itertools.pairwise(text) if _kind(a) != _kind(b))
     return switches / len(text) >= 0.3 and _entropy(text) >= min(3.0, math.log2(len(text)) - 0.5)
 

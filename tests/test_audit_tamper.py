@@ -71,7 +71,8 @@ def test_an_edited_event_is_named(log: Log) -> None:
     log.sql("UPDATE skv_audit_events SET actor = 'mallory' WHERE chain_id = 1 AND seq = 3")
     report = log.verify(chain_only=True)
     assert failures(report) == [
-        "event 3 of chain 1: its content, position or link does not match its digest (edited, reordered, or moved)"
+        "event 3 of chain 1: its content, position or link does not match its digest "
+        "(edited, reordered, or moved)"
     ]
 
 
