@@ -224,6 +224,26 @@ class AuditLog:
             for chain in leased:
                 self._release(chain)
 
+    def append_now(
+        self,
+        connection: PoolProxiedConnection,
+        event: Event,
+        unchanged_since_read: tuple[int, bytes, int, bytes] | None = None,
+    ) -> bool:
+        """Append ``event`` with one auto-committed statement on ``connection`` (the token
+        read's path: no second pooled connection). Same rules as :meth:`run`."""
+        chain = self._lease()
+        append = Appender(self, connection, chain)
+        try:
+            written = append(event, unchanged_since_read=unchanged_since_read)
+        except BaseException:
+            chain.reusable = False
+            self._release(chain)
+            raise
+        append._committed()
+        self._release(chain)
+        return written
+
     def record(self, event: Event) -> None:
         """Write ``event`` in a transaction of its own."""
         self.run(lambda connection, append: append(event), transaction=False)

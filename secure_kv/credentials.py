@@ -280,9 +280,8 @@ def find_credential(value: bytes | bytearray | memoryview) -> str | None:
 
 
 def _scan(text: str) -> str | None:
-    for match in _WORD.finditer(text):
-        word = match.group()
-        found = _known_format(word)
+    for word_match in _WORD.finditer(text):
+        found = _known_format(word_match.group())
         if found is not None:
             return found
     for name, needle, pattern in _TEXT_RULES:
@@ -295,9 +294,9 @@ def _scan(text: str) -> str | None:
     for word in _ASSIGNMENT_WORDS:
         start = lowered.find(word)
         while start >= 0:
-            match = _ASSIGNMENT_TAIL.match(lowered, start + len(word))
-            if match is not None:
-                candidate = text[match.start(1) : match.end(1)]  # the value, with its case
+            tail = _ASSIGNMENT_TAIL.match(lowered, start + len(word))
+            if tail is not None:
+                candidate = text[tail.start(1) : tail.end(1)]  # the value, with its case
                 if not _PLACEHOLDER.match(candidate) and _looks_random(candidate, minimum=8):
                     return "secret-assignment"
             start = lowered.find(word, start + 1)

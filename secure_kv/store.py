@@ -327,19 +327,27 @@ class Workspace:
         if workspace_id is None:
             return None
         statement = store._sql.select_record
-        for _ in range(_CHANGED_RETRIES):
-            row = store._db.run(lambda c: statement.fetchone(c, workspace_id, key_bytes))
+
+        def read(connection: Any) -> tuple[bool, bytes | None]:
+            row = statement.fetchone(connection, workspace_id, key_bytes)
             if row is None:
-                return None
+                return True, None
             value = self._open(key, key_bytes, workspace_id, row)
             if value is None or row[0] != _TOKEN:
+                return True, value
+            # A token: its event goes out on the same connection, and only if the record
+            # is still the one just read; otherwise read again.
+            return self._audit_token_read(connection, key, key_bytes, workspace_id, row), value
+
+        for _ in range(_CHANGED_RETRIES):
+            done, value = store._db.run(read)
+            if done:
                 return value
-            if self._audit_token_read(key, key_bytes, workspace_id, row):
-                return value
-            # The token was overwritten between the read and its event: read it again.
         raise StorageError(f"could not read {self._describe(key)}: it keeps changing; retry the call")
 
-    def _audit_token_read(self, key: str, key_bytes: bytes, workspace_id: int, row: Any) -> bool:
+    def _audit_token_read(
+        self, connection: Any, key: str, key_bytes: bytes, workspace_id: int, row: Any
+    ) -> bool:
         audit = self._store._audit
         dek_version, blob = row[1], row[3]
         event = audit.event(
@@ -347,14 +355,12 @@ class Workspace:
         )
         same_sealing = (workspace_id, key_bytes, dek_version, bytes(blob[:HEADER_BYTES]))
         try:
-            return audit.run(
-                lambda c, append: append(event, unchanged_since_read=same_sealing), transaction=False
-            )
+            return audit.append_now(connection, event, same_sealing)
         except SecureKVError as error:
             raise type(error)(
                 f"reading {self._describe(key)} refused: its audit event could not be written ({error})"
             ) from None
-        except Exception as error:
+        except self._store._db.dbapi_error as error:
             raise refused(f"reading {self._describe(key)}", error) from None
 
     def _open(self, key: str, key_bytes: bytes, workspace_id: int, row: Any) -> bytes | None:
