@@ -59,8 +59,10 @@ def upgrade() -> None:
         sa.Column("digest", digest_bytes, nullable=False),
         sa.Column("signature", signature_bytes, nullable=False),
         sa.PrimaryKeyConstraint("chain_id", "seq", name="pk_skv_audit_events"),
+        sqlite_with_rowid=False,
     )
-    op.create_index("ix_skv_audit_events_occurred_at", "skv_audit_events", ["occurred_at"])
+    if op.get_context().dialect.name != "sqlite":
+        op.create_index("ix_skv_audit_events_occurred_at", "skv_audit_events", ["occurred_at"])
     op.create_table(
         "skv_audit_checkpoints",
         sa.Column("chain_id", sa.Integer, autoincrement=False, nullable=False),
@@ -84,7 +86,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("skv_audit_anchors")
     op.drop_table("skv_audit_checkpoints")
-    op.drop_index("ix_skv_audit_events_occurred_at", table_name="skv_audit_events")
     op.drop_table("skv_audit_events")
     op.drop_table("skv_audit_chains")
     op.drop_table("skv_audit_signing_keys")
