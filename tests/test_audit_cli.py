@@ -153,7 +153,7 @@ def test_a_whole_workload_logged_at_debug_holds_no_value_or_key_material(
     key_text = os.environ["SECURE_KV_MASTER_KEY"]
     caplog.set_level(logging.DEBUG)
     for logger in ("sqlalchemy.engine", "sqlalchemy.pool", "alembic", "secure_kv"):
-        logging.getLogger(logger).setLevel(logging.DEBUG)
+        caplog.set_level(logging.DEBUG, logger=logger)  # restored after the test
     from secure_kv.keys import EnvMasterKey
 
     with SecureStore.open(populated, master_key=EnvMasterKey(), audit_writes="all") as store:
