@@ -11,9 +11,11 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from . import __version__, commands
+from .audit_admin import parse_time
 from .errors import SecureKVError
 from .settings import Settings, load_settings
 
@@ -142,3 +144,174 @@ def demo() -> None:
         click.echo("error: the demo found a problem (see above)", err=True)
         sys.exit(1)
     console.print("[green]demo passed[/green]")
+
+
+# --- audit ------------------------------------------------------------------------------
+
+
+@main.group(cls=_Group)
+def audit() -> None:
+    """Compliance: record reports, the signed audit log, verification, anchors, retention.
+
+    Example:
+
+        secure-kv audit verify --anchor "$(cat anchor.txt)"
+    """
+
+
+def _progress(label: str) -> Progress:
+    return Progress(
+        TextColumn(f"[bold]{label}[/bold]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+        disable=not err_console.is_terminal,  # no bar, nor stray blank lines, in pipes and logs
+    )
+
+
+@audit.command("report")
+@click.option("--format", "fmt", type=click.Choice(["json", "csv"]), default="json", show_default=True)
+@click.option("--workspace", metavar="W", help="Only the records of this workspace.")
+def audit_report(fmt: str, workspace: str | None) -> None:
+    """One row per record: workspace, key, category, times, key versions, algorithm.
+
+    Never a value. Streamed in constant memory; progress and a summary (counts per
+    category, expired entries not purged, records on old data keys, data keys due for
+    rotation) go to stderr. Needs no master key.
+
+    Example:
+
+        secure-kv audit report --format csv > records.csv
+    """
+    with _progress("report") as progress:
+        task = progress.add_task("records", total=None)
+        summary = commands.audit_report(
+            sys.stdout,
+            settings=current_settings(),
+            fmt=fmt,
+            workspace=workspace,
+            on_total=lambda total: progress.update(task, total=total),
+            on_row=lambda done: progress.update(task, completed=done),
+        )
+    for line in summary.lines():
+        click.echo(line, err=True)
+
+
+@audit.command("verify")
+@click.option("--anchor", metavar="ANCHOR", help="An anchor printed by `secure-kv audit anchor`.")
+@click.option(
+    "--chain-only",
+    is_flag=True,
+    help="Check only the audit chain, with its public keys: no master key needed (auditors).",
+)
+@click.pass_context
+def audit_verify(ctx: click.Context, anchor: str | None, chain_only: bool) -> None:
+    """Authenticate every record and data key and walk the signed audit chain.
+
+    Exits 0 only if every check holds; otherwise lists each failure (which record or
+    event, which check) and exits 1. With --anchor, a cut tail or a removed chain is found
+    too; without one, the last events of a chain can be deleted unnoticed.
+
+    Example:
+
+        secure-kv audit verify --anchor skv-anchor:v1:12:9f2c...
+    """
+    counts: dict[str, int] = {}
+    with _progress("verify") as progress:
+        tasks: dict[str, Any] = {}
+
+        def tick(phase: str, done: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = progress.add_task(phase, total=None)
+            counts[phase] = done
+            progress.update(tasks[phase], completed=done)
+
+        report = commands.audit_verify(
+            settings=current_settings(), anchor=anchor, chain_only=chain_only, progress=tick
+        )
+    click.echo(
+        f"checked {report.records} records, {report.data_keys} data keys, {report.events} events "
+        f"in {report.chains} chains, {report.signing_keys} signing keys",
+        err=True,
+    )
+    for note in report.notes:
+        click.echo(f"note: {note}", err=True)
+    if report.ok:
+        click.echo("verified: every check holds")
+        return
+    for failure in report.failures:
+        click.echo(f"FAILED {failure}")
+    hidden = report.failure_count - len(report.failures)
+    if hidden:
+        click.echo(f"... and {hidden} more failures")
+    click.echo(f"error: {report.failure_count} checks failed", err=True)
+    ctx.exit(1)
+
+
+@audit.command("log")
+@click.option("--workspace", metavar="W", help="Only events about this workspace.")
+@click.option("--since", metavar="T", help="ISO 8601 time, or a span back from now: 90s, 30m, 24h, 7d.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def audit_log(workspace: str | None, since: str | None, fmt: str) -> None:
+    """The audit events, oldest first: time, actor, action, workspace, key, outcome.
+
+    JSON is an array of objects. Needs no master key.
+
+    Example:
+
+        secure-kv audit log --since 24h --format json
+    """
+    start = parse_time(since) if since is not None else None
+    count = commands.audit_log(
+        sys.stdout,
+        settings=current_settings(),
+        fmt=fmt,
+        workspace=workspace,
+        since=start,
+    )
+    click.echo(f"{count} events", err=True)
+
+
+@audit.command("anchor")
+def audit_anchor() -> None:
+    """Record every chain's head and print the anchor to keep outside the database.
+
+    Keep the printed line somewhere the database's administrators cannot change (a ticket,
+    a write-once bucket, a signed mail); `audit verify --anchor` then finds any event
+    deleted before that point, including a cut tail.
+
+    Example:
+
+        secure-kv audit anchor >> /secure/anchors.txt
+    """
+    anchor = commands.audit_anchor(settings=current_settings())
+    click.echo(
+        f"anchor {anchor.anchor_id}: {anchor.chains} chains, {anchor.events} events (position), "
+        f"head digest {anchor.digest.hex()}",
+        err=True,
+    )
+    click.echo(anchor.text)
+
+
+@audit.command("prune")
+@click.option("--before", "before", metavar="T", required=True, help="ISO 8601 time or a span: 365d.")
+def audit_prune(before: str) -> None:
+    """Remove events older than T, leaving what remains verifiable.
+
+    Each chain is cut from its start; a signed checkpoint records where, so `audit verify`
+    still links the remaining events. A chain whose old part does not verify is left
+    whole and reported: pruning never erases evidence of tampering.
+
+    Example:
+
+        secure-kv audit prune --before 400d
+    """
+    report = commands.audit_prune(parse_time(before), settings=current_settings())
+    click.echo(f"removed {report.removed} events from {report.chains} chains")
+    for problem in report.refused:
+        click.echo(f"refused: {problem}", err=True)
+    if report.refused:
+        click.echo("error: some chains do not verify; run `secure-kv audit verify`", err=True)
+        sys.exit(1)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -24,6 +24,9 @@ from .errors import AuthenticationError, MasterKeyError, StorageError
 from .keys.base import MasterKeyProvider
 from .schema import data_keys
 from .statements import Statements
+
+if TYPE_CHECKING:
+    from .audit import AuditLog
 
 __all__ = ["DataKeys", "check_master_key", "now_micros"]
 
@@ -85,10 +88,12 @@ class DataKeys:
         *,
         cache_size: int,
         max_age: float,
+        audit: AuditLog | None = None,
     ) -> None:
         self._db = database
         self._sql = statements
         self._provider = provider
+        self._audit = audit
         # name -> (workspace id, current DataKey)
         self._current = _BoundedCache(cache_size, max_age)
         # (workspace id, version) -> DataKey
@@ -166,17 +171,39 @@ class DataKeys:
         raise StorageError(f"could not create a data key for workspace {_show(name)}: retry the call")
 
     def create_version(self, workspace_id: int, name: bytes, version: int) -> None:
-        """Make data key ``version`` the workspace's current one (idempotent, race-free)."""
+        """Make data key ``version`` the workspace's current one (idempotent, race-free).
+
+        With an audit log, the key, the pointer and a ``datakey.create`` event commit in one
+        transaction. The pointer moves first: it locks the workspace row, so racing
+        creators queue there (no deadlock between the two tables), and whoever moved it
+        inserts the key; the others find the pointer already advanced and do nothing.
+        """
         master = self._provider.current_key()
         wrapped = wrap_data_key(master, new_data_key_bytes(), name, version)
+        now = now_micros()
+        audit = self._audit
+        if audit is None:
 
-        def insert(connection: Any) -> None:
-            self._sql.insert_data_key.run(
-                connection, workspace_id, version, master.kek_id, wrapped, now_micros()
-            )
-            self._sql.advance_version.run(connection, version, workspace_id, version)
+            def insert(connection: Any) -> None:
+                self._sql.insert_data_key.run(connection, workspace_id, version, master.kek_id, wrapped, now)
+                self._sql.advance_version.run(connection, version, workspace_id, version)
 
-        self._db.run(insert)
+            self._db.run(insert)
+            return
+        event = audit.event(
+            "datakey.create",
+            workspace=name,
+            dek_version=version,
+            detail=f"wrapped by master key {master.kek_id}",
+        )
+
+        def create(connection: Any, append: Any) -> None:
+            if self._sql.advance_version.run(connection, version, workspace_id, version) != 1:
+                return  # another writer created this version (or a later one) first
+            self._sql.insert_data_key.run(connection, workspace_id, version, master.kek_id, wrapped, now)
+            append(event)
+
+        audit.run(create)
 
     def _unwrap(self, name: bytes, version: int, kek_id: str, wrapped: bytes) -> DataKey:
         master = self._provider.find(kek_id)

@@ -99,22 +99,25 @@ def ensure_schema(database: Database, *, create: bool = True, upgrade: bool = Fa
     if before == head:
         return before
     _check_known(before)
-    if before is not None and not upgrade:
-        raise StorageError(
-            f"the database schema (revision {before}) is older than this secure_kv ({head}): "
-            "run `secure-kv init` to upgrade it"
-        )
-    if before is None and not create:
-        raise StorageError("the database has no secure_kv schema: run `secure-kv init`")
+    # Judge only under the lock: another process may be half-way through migrating (MySQL
+    # commits each DDL statement, so revision 0001 is visible before 0002 is done).
     with database.connect(lock=True) as connection:
         with connection.begin():
             with _schema_lock(connection, database.dialect_name):
                 now = current_revision(connection)
                 _check_known(now)
-                if now != head:
-                    config = _config()
-                    config.attributes["connection"] = connection
-                    command.upgrade(config, "head")
+                if now == head:
+                    return before
+                if now is not None and not upgrade:
+                    raise StorageError(
+                        f"the database schema (revision {now}) is older than this secure_kv ({head}): "
+                        "run `secure-kv init` to upgrade it"
+                    )
+                if now is None and not create:
+                    raise StorageError("the database has no secure_kv schema: run `secure-kv init`")
+                config = _config()
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
     return before
 
 

@@ -11,7 +11,17 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
-__all__ = ["data_keys", "metadata", "records", "workspaces"]
+__all__ = [
+    "audit_anchors",
+    "audit_chains",
+    "audit_checkpoints",
+    "audit_events",
+    "audit_signing_keys",
+    "data_keys",
+    "metadata",
+    "records",
+    "workspaces",
+]
 
 TABLE_PREFIX = "skv_"
 VERSION_TABLE = "skv_alembic_version"
@@ -84,3 +94,90 @@ expiry_index = sa.Index(
     sqlite_where=records.c.expires_at.isnot(None),
     postgresql_where=records.c.expires_at.isnot(None),
 ).ddl_if(dialect=("sqlite", "postgresql"))  # type: ignore[arg-type]
+
+
+# --- the audit log (revision 0002) ------------------------------------------------------
+# Every audit table's name contains "audit", so DBAs and auditors find them. Nothing here
+# holds a value; workspace and key names are bytes like everywhere else.
+
+# VARBINARY on MySQL/MariaDB, so digests and signatures stay small inline columns.
+Digest = sa.LargeBinary().with_variant(mysql.VARBINARY(32), "mysql", "mariadb")
+Signature = sa.LargeBinary().with_variant(mysql.VARBINARY(64), "mysql", "mariadb")
+WrappedKey = sa.LargeBinary().with_variant(mysql.VARBINARY(255), "mysql", "mariadb")
+
+audit_signing_keys = sa.Table(
+    "skv_audit_signing_keys",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    # Ed25519 public key, in clear: an auditor checks signatures with it and no secret.
+    sa.Column("public_key", Digest, nullable=False, unique=True),
+    # The private key, wrapped under the master key like a data key (never derived from it).
+    sa.Column("kek_id", sa.String(64), nullable=False),
+    sa.Column("wrapped", WrappedKey, nullable=False),
+    sa.Column("created_at", Micros, nullable=False),
+)
+
+audit_chains = sa.Table(
+    "skv_audit_chains",
+    metadata,
+    # One chain per writer: no head row shared by every process, so appends never contend.
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("signing_key_id", sa.Integer, nullable=False),
+    sa.Column("created_at", Micros, nullable=False),
+    # Kept only by chains that append inside a caller's transaction (admin operations),
+    # which read and update them under a row lock. A hint, never trusted by verify.
+    sa.Column("head_seq", sa.BigInteger, nullable=True),
+    sa.Column("head_digest", Digest, nullable=True),
+)
+
+audit_events = sa.Table(
+    "skv_audit_events",
+    metadata,
+    sa.Column("chain_id", sa.Integer, primary_key=True),
+    sa.Column("seq", sa.BigInteger, primary_key=True),
+    sa.Column("occurred_at", Micros, nullable=False),
+    sa.Column("actor", sa.String(255), nullable=False),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("workspace", NameBytes, nullable=True),
+    sa.Column("record_key", NameBytes, nullable=True),
+    sa.Column("category", sa.String(16), nullable=True),
+    sa.Column("dek_version", sa.Integer, nullable=True),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("detail", sa.String(1000), nullable=True),
+    # SHA-256 over the event and the previous event's digest (docs/compliance.md).
+    sa.Column("digest", Digest, nullable=False),
+    # Ed25519 over the digest, by the chain's signing key.
+    sa.Column("signature", Signature, nullable=False),
+    # SQLite: the primary key is the table (one B-tree), so an event writes one page, not two.
+    sqlite_with_rowid=False,
+)
+# For `audit log --since` and `audit prune`. Not on SQLite, where each index page written
+# per event is a measurable share of a token read (docs/compliance.md); admin commands scan
+# there instead. Elsewhere the commit's log flush dwarfs it.
+audit_events_time_index = sa.Index("ix_skv_audit_events_occurred_at", audit_events.c.occurred_at).ddl_if(
+    dialect=("postgresql", "mysql", "mariadb")  # type: ignore[arg-type]
+)
+
+audit_checkpoints = sa.Table(
+    "skv_audit_checkpoints",
+    metadata,
+    # Where `audit prune` cut a chain: the last removed event's position and digest, signed,
+    # so what remains still links up.
+    sa.Column("chain_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("digest", Digest, nullable=False),
+    sa.Column("signing_key_id", sa.Integer, nullable=False),
+    sa.Column("created_at", Micros, nullable=False),
+    sa.Column("signature", Signature, nullable=False),
+)
+
+audit_anchors = sa.Table(
+    "skv_audit_anchors",
+    metadata,
+    # The chain heads at one instant; the digest over them is what `audit anchor` prints
+    # and the operator keeps outside the database.
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("created_at", Micros, nullable=False),
+    sa.Column("heads", sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb"), nullable=False),
+    sa.Column("digest", Digest, nullable=False),
+)

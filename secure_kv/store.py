@@ -7,32 +7,42 @@ the way back.
 
 from __future__ import annotations
 
+import logging
 import math
 from types import TracebackType
 from typing import Any
 
+from .audit import AuditLog, refused
 from .categories import CATEGORY_CODES, Category, parse_category
+from .credentials import find_credential
 from .database import Database, safe_url
 from .datakeys import DataKeys, check_master_key, now_micros
-from .envelope import open_value, parse_header, record_context, seal_value
+from .envelope import HEADER_BYTES, open_value, parse_header, record_context, seal_value
 from .errors import (
     AuthenticationError,
+    InvalidInputError,
     InvalidTypeError,
     MasterKeyError,
+    SecureKVError,
     StorageError,
     UnsupportedVersionError,
 )
 from .keys import MasterKeyProvider, provider_from_settings
 from .migrate import ensure_schema
-from .settings import Settings, load_settings
+from .settings import CredentialPolicy, Settings, load_settings
 from .statements import Statements
 from .validation import check_key, check_ttl, check_value, check_workspace_name
 
 __all__ = ["SecureStore", "Workspace"]
 
+log = logging.getLogger("secure_kv")
+
 _CATEGORY_BY_VALUE = {category.value: category for category in Category}
+_TOKEN = Category.TOKEN.value
 # Retries when a write races a rotation or shred that retired the data key it used.
 _STALE_KEY_RETRIES = 3
+# Retries when a token changes between its read and the read's audit event.
+_CHANGED_RETRIES = 3
 
 
 class SecureStore:
@@ -48,12 +58,14 @@ class SecureStore:
         self._provider = provider
         self._settings = settings
         self._sql = Statements(database.engine.dialect, database.dialect_name)
+        self._audit = AuditLog(database, provider, settings)
         self._keys = DataKeys(
             database,
             self._sql,
             provider,
             cache_size=settings.dek_cache_size,
             max_age=settings.dek_cache_seconds,
+            audit=self._audit,
         )
         self._closed = False
 
@@ -84,10 +96,24 @@ class SecureStore:
         try:
             ensure_schema(database, create=True)
             check_master_key(database, provider)
+        except MasterKeyError as error:
+            database.close()
+            # An authentication failure the audit log cannot record: without the right
+            # master key there is no signing key. Say it where operators look instead.
+            log.warning(
+                "authentication failure: master key %s refused for %s (actor %s): %s",
+                provider.current_key().kek_id,
+                safe_url(database.url),
+                settings.actor,
+                error,
+            )
+            raise
         except BaseException:
             database.close()
             raise
-        return cls(database, provider, settings)
+        store = cls(database, provider, settings)
+        store._audit.prepare()
+        return store
 
     @classmethod
     def from_settings(cls, **options: Any) -> SecureStore:
@@ -113,6 +139,7 @@ class SecureStore:
         if not self._closed:
             self._closed = True
             self._keys.clear()
+            self._audit.close()
             self._db.close()
 
     def __enter__(self) -> SecureStore:
@@ -151,10 +178,25 @@ class SecureStore:
     ) -> None:
         """The audit hook every admin operation reports to (never with a value).
 
-        ``connection`` is the SQLAlchemy connection of the transaction making the change,
-        so the event can be written in that same transaction. Until the audit log exists
-        this records nothing.
+        ``connection`` is the SQLAlchemy connection of the transaction making the change:
+        the event is written in that same transaction and commits or rolls back with it.
+        Without one, the event is written in a transaction of its own. Raises if the event
+        cannot be written, so an admin operation never goes unrecorded.
         """
+        self._check_open()
+        event = self._audit.event(
+            action,
+            workspace=None if workspace is None else workspace.encode("utf-8"),
+            key=None if key is None else key.encode("utf-8"),
+            category=None if category is None else parse_category(category).value,
+            dek_version=dek_version,
+            outcome=outcome,
+            detail=detail,
+        )
+        if connection is None:
+            self._audit.record(event)
+        else:
+            self._audit.record_in(connection, event)
 
 
 class Workspace:
@@ -180,7 +222,8 @@ class Workspace:
 
         ``ttl`` (seconds or a timedelta) makes the entry expire; a cache entry always
         expires (``SECURE_KV_DEFAULT_CACHE_TTL`` when no ``ttl`` is given). An overwrite
-        without ``ttl`` clears the previous expiry.
+        without ``ttl`` clears the previous expiry. A value that looks like a credential,
+        stored under another category, is handled by ``SECURE_KV_CREDENTIAL_POLICY``.
         """
         store = self._store
         settings = store._settings
@@ -189,12 +232,16 @@ class Workspace:
         chosen = parse_category(category)
         seconds = check_ttl(ttl)
         store._check_open()
+        if chosen is not Category.TOKEN:
+            chosen = self._apply_credential_policy(key, value, chosen)
         if seconds is None and chosen is Category.CACHE:
             seconds = settings.default_cache_ttl
         now = now_micros()
         expires_at = None if seconds is None else now + max(1, math.ceil(seconds * 1_000_000))
         context = record_context(self._name_bytes, key_bytes, CATEGORY_CODES[chosen], expires_at)
-        database, statement = store._db, store._sql.upsert_record
+        database, audit = store._db, store._audit
+        audited = chosen is Category.TOKEN or audit.audit_all_writes
+        guarded = audit.statements.upsert_unless_token
         as_bytes = database.dialect_name == "mysql"  # PyMySQL cannot send a bytearray
         for _ in range(_STALE_KEY_RETRIES):
             workspace_id, data_key = self._keys.current(self._name_bytes)
@@ -205,7 +252,19 @@ class Workspace:
                 database.check_packet_size(sealed)
             row = (workspace_id, key_bytes, chosen.value, data_key.version, now, now, expires_at, sealed)
             try:
-                database.run(lambda c: statement.run(c, *row))  # noqa: B023 (called at once)
+                if audited:
+                    self._write_audited(row, None)
+                    return
+                # Not audited, unless it would replace a token: then the guard refuses and
+                # the write is made again with its event.
+                count = database.run(lambda c: guarded.run(c, *row))  # noqa: B023 (called at once)
+                if count == 1 and as_bytes:
+                    found = database.run(
+                        lambda c: audit.statements.select_category.fetchone(c, workspace_id, key_bytes)  # noqa: B023
+                    )
+                    count = 0 if found is not None and found[0] == _TOKEN else 1
+                if count == 0:
+                    self._write_audited(row, "replaced a token")
                 return
             except database.integrity_error:
                 # The data key was retired (rotation) or destroyed (shred) since we cached
@@ -215,10 +274,53 @@ class Workspace:
             f"could not write {self._describe(key)}: its data key keeps changing; retry the call"
         )
 
+    def _write_audited(self, row: tuple[Any, ...], detail: str | None) -> None:
+        store = self._store
+        audit, upsert = store._audit, store._sql.upsert_record
+        event = audit.event(
+            "record.write",
+            workspace=self._name_bytes,
+            key=row[1],
+            category=row[2],
+            dek_version=row[3],
+            detail=detail,
+        )
+
+        def body(connection: Any, append: Any) -> None:
+            upsert.run(connection, *row)
+            append(event)
+
+        audit.run(body)
+
+    def _apply_credential_policy(self, key: str, value: Any, category: Category) -> Category:
+        policy = self._store._settings.credential_policy
+        rule = find_credential(value)
+        if rule is None:
+            return category
+        if policy is CredentialPolicy.REJECT:
+            raise InvalidInputError(
+                f"the value for {self._describe(key)} looks like a credential ({rule}) but was "
+                f"given category {category.value!r}: store it with category=Category.TOKEN "
+                "(or set SECURE_KV_CREDENTIAL_POLICY=warn); nothing was stored"
+            )
+        if policy is CredentialPolicy.PROMOTE:
+            log.info("%s looks like a credential (%s): stored as a token", self._describe(key), rule)
+            return Category.TOKEN
+        log.warning(
+            "%s looks like a credential (%s) but is stored as %s: store it with "
+            "category=Category.TOKEN so its reads are audited and it is masked",
+            self._describe(key),
+            rule,
+            category.value,
+        )
+        return category
+
     def get(self, key: str) -> bytes | None:
         """The value, or ``None`` if the key is missing or expired.
 
-        Raises :class:`AuthenticationError` if the stored record was tampered with.
+        Raises :class:`AuthenticationError` if the stored record was tampered with. Every
+        read of a token is recorded in the audit log; if its event cannot be written the
+        read fails (:class:`StorageError`) and the value is not returned.
         """
         key_bytes = check_key(key)
         store = self._store
@@ -227,12 +329,65 @@ class Workspace:
         if workspace_id is None:
             return None
         statement = store._sql.select_record
-        row = store._db.run(lambda c: statement.fetchone(c, workspace_id, key_bytes))
-        if row is None:
-            return None
-        category_value, dek_version, expires_at, blob = row
+
+        def read(connection: Any) -> tuple[bool, bytes | None]:
+            row = statement.fetchone(connection, workspace_id, key_bytes)
+            if row is None:
+                return True, None
+            value = self._open(key, key_bytes, workspace_id, row)
+            if value is None or row[0] != _TOKEN:
+                return True, value
+            # A token: its event goes out on the same connection, and only if the record
+            # is still the one just read; otherwise read again.
+            return self._audit_token_read(connection, key, key_bytes, workspace_id, row), value
+
+        for _ in range(_CHANGED_RETRIES):
+            done, value = store._db.run(read)
+            if done:
+                return value
+        raise StorageError(f"could not read {self._describe(key)}: it keeps changing; retry the call")
+
+    def _audit_token_read(
+        self, connection: Any, key: str, key_bytes: bytes, workspace_id: int, row: Any
+    ) -> bool:
+        audit = self._store._audit
+        dek_version, blob = row[1], row[3]
+        event = audit.event(
+            "record.read", workspace=self._name_bytes, key=key_bytes, category=_TOKEN, dek_version=dek_version
+        )
+        same_sealing = (workspace_id, key_bytes, dek_version, bytes(blob[:HEADER_BYTES]))
+        try:
+            return audit.append_now(connection, event, same_sealing)
+        except SecureKVError as error:
+            raise type(error)(
+                f"reading {self._describe(key)} refused: its audit event could not be written ({error})"
+            ) from None
+        except self._store._db.dbapi_error as error:
+            raise refused(f"reading {self._describe(key)}", error) from None
+
+    def _open(self, key: str, key_bytes: bytes, workspace_id: int, row: Any) -> bytes | None:
+        category_value, dek_version, expires_at, _blob = row
         if expires_at is not None and expires_at <= now_micros():
             return None
+        try:
+            return self._authenticate(key, key_bytes, workspace_id, row)
+        except (AuthenticationError, MasterKeyError) as error:
+            audit = self._store._audit
+            audit.record_or_log(
+                audit.event(
+                    "auth.failure",
+                    workspace=self._name_bytes,
+                    key=key_bytes,
+                    category=category_value if category_value in _CATEGORY_BY_VALUE else None,
+                    dek_version=dek_version if isinstance(dek_version, int) else None,
+                    outcome="failure",
+                    detail=type(error).__name__,
+                )
+            )
+            raise
+
+    def _authenticate(self, key: str, key_bytes: bytes, workspace_id: int, row: Any) -> bytes | None:
+        category_value, dek_version, expires_at, blob = row
         category = _CATEGORY_BY_VALUE.get(category_value)
         if category is None:
             raise self._tampered(key)
@@ -269,15 +424,53 @@ class Workspace:
         return row is not None and (row[0] is None or row[0] > now_micros())
 
     def delete(self, key: str) -> None:
-        """Remove ``key``; deleting a missing key is not an error."""
+        """Remove ``key``; deleting a missing key is not an error.
+
+        Deleting a token (every entry with ``SECURE_KV_AUDIT_WRITES=all``) is recorded in
+        the audit log, in the same transaction.
+        """
         key_bytes = check_key(key)
         store = self._store
         store._check_open()
         workspace_id = self._keys.workspace_id(self._name_bytes)
         if workspace_id is None:
             return
-        statement = store._sql.delete_record
-        store._db.run(lambda c: statement.run(c, workspace_id, key_bytes))
+        database, audit = store._db, store._audit
+        sql = audit.statements
+        if not audit.audit_all_writes:
+            if database.run(lambda c: sql.delete_unless_token.run(c, workspace_id, key_bytes)):
+                return
+            found = database.run(lambda c: sql.select_category.fetchone(c, workspace_id, key_bytes))
+            if found is None or found[0] != _TOKEN:
+                return
+        for _ in range(_CHANGED_RETRIES):
+            if self._delete_audited(workspace_id, key_bytes):
+                return
+        raise StorageError(f"could not delete {self._describe(key)}: it keeps changing; retry the call")
+
+    def _delete_audited(self, workspace_id: int, key_bytes: bytes) -> bool:
+        audit = self._store._audit
+        sql = audit.statements
+
+        def body(connection: Any, append: Any) -> bool:
+            found = sql.select_category.fetchone(connection, workspace_id, key_bytes)
+            if found is None:
+                return True
+            category, dek_version = found
+            if not sql.delete_with_category.run(connection, workspace_id, key_bytes, category):
+                return False  # its category changed under us (PostgreSQL, MariaDB): again
+            append(
+                audit.event(
+                    "record.delete",
+                    workspace=self._name_bytes,
+                    key=key_bytes,
+                    category=category,
+                    dek_version=dek_version,
+                )
+            )
+            return True
+
+        return audit.run(body)
 
     def _describe(self, key: str) -> str:
         return f"record {key!r} of workspace {self.name!r}"

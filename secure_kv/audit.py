@@ -1,0 +1,357 @@
+"""The audit log's write side: signed, hash-chained events, one chain per writer.
+
+Each writer (a store, and within it each thread appending at the same moment) leases a
+chain of its own and keeps the chain's head in memory, so an event costs one INSERT in the
+transaction of the change it records: no row shared by every process is read or updated.
+A chain whose last append has an unknown outcome (an error after the INSERT was sent) is
+never used again; a new one is leased. Forked children drop their parent's chains.
+
+Events written inside a caller's SQLAlchemy transaction (admin operations) go to a chain
+whose head lives in its row, read ``FOR UPDATE`` and updated in that same transaction, so
+a rollback undoes the event and the head together.
+
+Every event is signed (Ed25519) when written: the head of every chain is always signed,
+with no unsigned tail for someone with write access to rewrite. docs/compliance.md gives
+the measurements behind both choices.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.pool import PoolProxiedConnection
+
+from .audit_events import Event, event_digest, genesis_digest
+from .audit_keys import SigningKey, load_signing_key, rewrap_signing_keys
+from .audit_statements import AuditStatements
+from .database import Database
+from .datakeys import now_micros
+from .errors import StorageError
+from .keys.base import MasterKeyProvider
+from .schema import audit_chains, audit_events
+from .settings import AuditWrites, Settings
+
+__all__ = ["Appender", "AuditLog", "rewrap_signing_keys"]
+
+log = logging.getLogger("secure_kv.audit")
+
+T = TypeVar("T")
+
+# Idle chains a store keeps for reuse; more are created when more threads append at once.
+_MAX_IDLE_CHAINS = 32
+
+_fork_generation = 0
+
+
+def _after_fork_in_child() -> None:
+    # A child must not append to its parent's chains: both would write the same positions.
+    global _fork_generation
+    _fork_generation += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class _Chain:
+    __slots__ = ("digest", "generation", "id", "reusable", "seq", "signing_key_id")
+
+    def __init__(self, chain_id: int, signing_key_id: int) -> None:
+        self.id = chain_id
+        self.signing_key_id = signing_key_id
+        self.seq = 0
+        self.digest = genesis_digest(chain_id, signing_key_id)
+        self.generation = _fork_generation
+        self.reusable = True
+
+
+class Appender:
+    """Signs and inserts events into one leased chain, inside one transaction."""
+
+    __slots__ = ("_chain", "_connection", "_log", "_pending", "sent")
+
+    def __init__(self, audit: AuditLog, connection: PoolProxiedConnection, chain: _Chain) -> None:
+        self._log = audit
+        self._connection = connection
+        self._chain = chain
+        self._pending: tuple[int, bytes] | None = None
+        self.sent = False
+
+    def __call__(
+        self, event: Event, *, unchanged_since_read: tuple[int, bytes, int, bytes] | None = None
+    ) -> bool:
+        """Insert ``event``; with ``unchanged_since_read`` = (workspace id, key, DEK version,
+        header), only if that record still holds that exact sealing. Returns whether it was written.
+        """
+        chain = self._chain
+        seq, previous = self._pending if self._pending is not None else (chain.seq, chain.digest)
+        seq += 1
+        digest = event_digest(chain.id, seq, previous, event)
+        signature = self._log.signer().sign(digest)
+        values = (
+            chain.id,
+            seq,
+            event.occurred_at,
+            event.actor,
+            event.action,
+            event.workspace,
+            event.key,
+            event.category,
+            event.dek_version,
+            event.outcome,
+            event.detail,
+            digest,
+            signature,
+        )
+        sql = self._log.statements
+        self.sent = True
+        if unchanged_since_read is None:
+            written = sql.insert_event.run(self._connection, *values) == 1
+        else:
+            written = sql.insert_read_event.run(self._connection, *values, *unchanged_since_read) == 1
+        if written:
+            self._pending = (seq, digest)
+        return written
+
+    def _committed(self) -> None:
+        if self._pending is not None:
+            self._chain.seq, self._chain.digest = self._pending
+
+
+class AuditLog:
+    """Appends events for one store. Thread-safe."""
+
+    def __init__(self, database: Database, provider: MasterKeyProvider, settings: Settings) -> None:
+        self._db = database
+        self._provider = provider
+        self.actor = settings.actor[:255]
+        self.audit_all_writes = settings.audit_writes is AuditWrites.ALL
+        self.statements = AuditStatements(database.engine.dialect, database.dialect_name)
+        self._begin_sql = "BEGIN IMMEDIATE" if database.dialect_name == "sqlite" else "BEGIN"
+        self._signer: SigningKey | None = None
+        self._lock = threading.Lock()
+        self._idle: list[_Chain] = []
+        self._locked_chain_id: int | None = None
+
+    # --- keys and chains ---------------------------------------------------------------
+
+    def signer(self) -> SigningKey:
+        """The signing key, loaded (or created) on first use."""
+        signer = self._signer
+        if signer is None:
+            with self._lock:
+                if self._signer is None:
+                    self._signer = load_signing_key(self._db, self._provider, now_micros())
+                signer = self._signer
+        return signer
+
+    def prepare(self) -> None:
+        """Load (or create) the signing key now, outside any caller's transaction.
+
+        Events written inside a caller's transaction then never need a second connection,
+        which on SQLite would wait for the caller's own write lock. A failure is logged and
+        tried again on the first event, which fails closed if it persists.
+        """
+        try:
+            self.signer()
+        except Exception as error:
+            log.error("the audit signing key cannot be loaded: %s", _first_line(error))
+
+    def _lease(self) -> _Chain:
+        with self._lock:
+            while self._idle:
+                chain = self._idle.pop()
+                if chain.generation == _fork_generation:
+                    return chain
+        signer = self.signer()
+        with self._db.connect() as connection, connection.begin():
+            result = connection.execute(
+                audit_chains.insert().values(signing_key_id=signer.id, created_at=now_micros())
+            )
+            chain_id = int(_first_key(result))
+        return _Chain(chain_id, signer.id)
+
+    def _release(self, chain: _Chain) -> None:
+        if not chain.reusable or chain.generation != _fork_generation:
+            return
+        with self._lock:
+            if len(self._idle) < _MAX_IDLE_CHAINS:
+                self._idle.append(chain)
+
+    def event(self, action: str, **fields: Any) -> Event:
+        """An event by this store's actor, now."""
+        return Event(now_micros(), self.actor, action, **fields).clipped()
+
+    # --- appending -----------------------------------------------------------------------
+
+    def run(self, body: Callable[[PoolProxiedConnection, Appender], T], *, transaction: bool = True) -> T:
+        """Run ``body`` on a pooled connection, in one transaction (``BEGIN`` ... ``COMMIT``)
+        unless ``transaction`` is false (then ``body`` runs one auto-committed statement that
+        appends). ``body`` appends events through the :class:`Appender` it is given.
+
+        A lost connection is retried once, on a new chain: the old chain's last append may or
+        may not have committed, so it is never used again.
+        """
+        leased: list[_Chain] = []
+
+        def work(connection: PoolProxiedConnection) -> T:
+            chain = self._lease()
+            leased.append(chain)
+            append = Appender(self, connection, chain)
+            try:
+                if transaction:
+                    _execute(connection, self._begin_sql)
+                result = body(connection, append)
+                if transaction:
+                    _execute(connection, "COMMIT")
+            except BaseException:
+                if append.sent:
+                    chain.reusable = False
+                if transaction:
+                    _rollback_quietly(connection)
+                raise
+            append._committed()
+            return result
+
+        try:
+            return self._db.run(work)
+        finally:
+            for chain in leased:
+                self._release(chain)
+
+    def append_now(
+        self,
+        connection: PoolProxiedConnection,
+        event: Event,
+        unchanged_since_read: tuple[int, bytes, int, bytes] | None = None,
+    ) -> bool:
+        """Append ``event`` with one auto-committed statement on ``connection`` (the token
+        read's path: no second pooled connection). Same rules as :meth:`run`."""
+        chain = self._lease()
+        append = Appender(self, connection, chain)
+        try:
+            written = append(event, unchanged_since_read=unchanged_since_read)
+        except BaseException:
+            chain.reusable = False
+            self._release(chain)
+            raise
+        append._committed()
+        self._release(chain)
+        return written
+
+    def record(self, event: Event) -> None:
+        """Write ``event`` in a transaction of its own."""
+        self.run(lambda connection, append: append(event), transaction=False)
+
+    def record_in(self, connection: sa.Connection, event: Event) -> None:
+        """Write ``event`` inside the caller's transaction on ``connection`` (SQLAlchemy).
+
+        The chain's head is read with a row lock and updated in that transaction, so the event
+        commits or rolls back with the caller's change.
+        """
+        signer = self.signer()
+        table = audit_chains
+        chain_id = self._locked_chain_id
+        row = None
+        if chain_id is not None:
+            row = connection.execute(
+                sa.select(table.c.head_seq, table.c.head_digest, table.c.signing_key_id)
+                .where(table.c.id == chain_id)
+                .with_for_update()
+            ).first()
+        if row is None or row[2] != signer.id:
+            # First use, or the transaction that created our chain was rolled back: a new
+            # chain, created in this transaction so that it is locked by it.
+            result = connection.execute(
+                table.insert().values(
+                    signing_key_id=signer.id, created_at=event.occurred_at, head_seq=0, head_digest=None
+                )
+            )
+            chain_id = int(_first_key(result))
+            self._locked_chain_id = chain_id
+            seq, previous = 0, genesis_digest(chain_id, signer.id)
+        else:
+            seq = int(row[0] or 0)
+            previous = bytes(row[1]) if row[1] is not None else genesis_digest(int(chain_id), signer.id)  # type: ignore[arg-type]
+        assert chain_id is not None
+        seq += 1
+        digest = event_digest(chain_id, seq, previous, event)
+        connection.execute(
+            audit_events.insert().values(
+                chain_id=chain_id,
+                seq=seq,
+                occurred_at=event.occurred_at,
+                actor=event.actor,
+                action=event.action,
+                workspace=event.workspace,
+                record_key=event.key,
+                category=event.category,
+                dek_version=event.dek_version,
+                outcome=event.outcome,
+                detail=event.detail,
+                digest=digest,
+                signature=signer.sign(digest),
+            )
+        )
+        connection.execute(
+            table.update().where(table.c.id == chain_id).values(head_seq=seq, head_digest=digest)
+        )
+
+    def record_or_log(self, event: Event) -> None:
+        """Write ``event``; if it cannot be written, log it (for failures being reported anyway)."""
+        try:
+            self.record(event)
+        except Exception as error:
+            log.error(
+                "audit event %s (workspace %r, key %r, outcome %s) could not be written: %s",
+                event.action,
+                _show(event.workspace),
+                _show(event.key),
+                event.outcome,
+                _first_line(error),
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            self._idle.clear()
+            self._signer = None
+
+
+def _first_key(result: sa.CursorResult[Any]) -> Any:
+    key = result.inserted_primary_key
+    assert key is not None
+    return key[0]
+
+
+def _show(name: bytes | None) -> str | None:
+    return None if name is None else name.decode("utf-8", "replace")
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _execute(connection: PoolProxiedConnection, sql: str) -> None:
+    cursor = connection.cursor()
+    try:
+        cursor.execute(sql)
+    finally:
+        cursor.close()
+
+
+def _rollback_quietly(connection: PoolProxiedConnection) -> None:
+    try:
+        _execute(connection, "ROLLBACK")
+    except Exception:  # noqa: S110 - the connection is dropped by Database.run if unusable
+        pass
+
+
+def refused(what: str, error: BaseException) -> StorageError:
+    """The error for an operation refused because its audit event could not be written."""
+    return StorageError(f"{what} refused: its audit event could not be written ({_first_line(error)})")

@@ -1,0 +1,263 @@
+"""Reading and maintaining the audit log: list events, take an anchor, prune old events.
+
+Listing needs no secret. Taking an anchor and pruning record an event of their own, and
+pruning signs a checkpoint where it cuts, so they need the master key (through the store).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from .audit_events import anchor_digest, checkpoint_message, event_digest, genesis_digest
+from .audit_keys import public_keys, verify_signature
+from .audit_verify import ANCHOR_PREFIX, _event_from_row, _stream
+from .database import Database
+from .datakeys import now_micros
+from .errors import AuthenticationError, InvalidInputError
+from .schema import audit_anchors, audit_chains, audit_checkpoints, audit_events
+
+if TYPE_CHECKING:
+    from .store import SecureStore
+
+__all__ = ["Anchor", "PruneReport", "format_time", "iter_events", "parse_time", "prune", "take_anchor"]
+
+_SPAN = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
+_SPAN_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_time(text: str, *, now: datetime | None = None) -> int:
+    """ISO 8601 (a time without zone is UTC) or a span back from now (``90s``, ``24h``,
+    ``7d``, ``2w``) -> microseconds since the epoch."""
+    now = now or datetime.now(UTC)
+    stripped = text.strip()
+    span = _SPAN.fullmatch(stripped)
+    if span is not None:
+        moment = now - timedelta(seconds=float(span.group(1)) * _SPAN_SECONDS[span.group(2)])
+    else:
+        try:
+            moment = datetime.fromisoformat(stripped.replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidInputError(
+                f"{stripped!r} is not a time: use ISO 8601 (2026-01-31 or 2026-01-31T12:00:00Z) "
+                "or a span such as 90s, 30m, 24h, 7d, 2w"
+            ) from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1_000_000)
+
+
+def format_time(micros: int | None) -> str | None:
+    """ISO 8601 in UTC with microseconds, or ``None``."""
+    if micros is None:
+        return None
+    moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=int(micros))
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def _text(name: Any) -> str | None:
+    return None if name is None else bytes(name).decode("utf-8", "replace")
+
+
+def iter_events(
+    database: Database, *, workspace: str | None = None, since: int | None = None
+) -> Iterator[dict[str, Any]]:
+    """Events as plain dicts, oldest first, streamed. Never a value: there is none to show."""
+    e = audit_events.c
+    query = sa.select(audit_events).order_by(e.occurred_at, e.chain_id, e.seq)
+    if workspace is not None:
+        query = query.where(e.workspace == workspace.encode("utf-8"))
+    if since is not None:
+        query = query.where(e.occurred_at >= since)
+    for row in _stream(database, query):
+        yield {
+            "time": format_time(row.occurred_at),
+            "actor": row.actor,
+            "action": row.action,
+            "workspace": _text(row.workspace),
+            "key": _text(row.record_key),
+            "category": row.category,
+            "dek_version": row.dek_version,
+            "outcome": row.outcome,
+            "detail": row.detail,
+            "chain": row.chain_id,
+            "seq": row.seq,
+        }
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """What ``secure-kv audit anchor`` prints; keep :attr:`text` outside the database."""
+
+    anchor_id: int
+    created_at: int
+    digest: bytes
+    chains: int
+    events: int
+
+    @property
+    def text(self) -> str:
+        return f"{ANCHOR_PREFIX}{self.anchor_id}:{self.digest.hex()}"
+
+
+def take_anchor(store: SecureStore) -> Anchor:
+    """Record every chain's head and the signing keys; return the digest to keep outside."""
+    database = store._db
+    e, c = audit_events.c, audit_checkpoints.c
+    heads_query = sa.select(e.chain_id, e.seq, e.digest).join_from(
+        audit_events,
+        sa.select(e.chain_id.label("chain"), sa.func.max(e.seq).label("top"))
+        .group_by(e.chain_id)
+        .subquery("h"),
+        sa.and_(sa.literal_column("h.chain") == e.chain_id, sa.literal_column("h.top") == e.seq),
+    )
+    now = now_micros()
+    with database.connect(lock=True) as connection, connection.begin():
+        heads = {
+            int(chain): (int(seq), bytes(digest)) for chain, seq, digest in connection.execute(heads_query)
+        }
+        for chain, seq, digest in connection.execute(sa.select(c.chain_id, c.seq, c.digest)):
+            heads.setdefault(int(chain), (int(seq), bytes(digest)))
+        keys = public_keys(connection)
+        listed = [(chain, seq, digest) for chain, (seq, digest) in sorted(heads.items())]
+        text = json.dumps(
+            {
+                "heads": [[chain, seq, digest.hex()] for chain, seq, digest in listed],
+                "keys": [[key_id, public.hex()] for key_id, public in sorted(keys.items())],
+            }
+        )
+        result = connection.execute(audit_anchors.insert().values(created_at=now, heads=text, digest=b""))
+        key = result.inserted_primary_key
+        assert key is not None
+        anchor_id = int(key[0])
+        digest = anchor_digest(anchor_id, now, listed, sorted(keys.items()))
+        connection.execute(
+            audit_anchors.update().where(audit_anchors.c.id == anchor_id).values(digest=digest)
+        )
+        events = sum(seq for _, seq, _ in listed)
+        store._record_event(
+            "audit.anchor",
+            connection=connection,
+            detail=f"anchor {anchor_id}: {len(listed)} chains, {events} events",
+        )
+    return Anchor(anchor_id, now, digest, len(listed), events)
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    before: int
+    removed: int
+    chains: int
+    refused: list[str]
+
+
+def prune(store: SecureStore, before: int) -> PruneReport:
+    """Remove every event older than ``before`` (µs), chain by chain, from the start.
+
+    Where a chain is cut, a signed checkpoint keeps the last removed event's position and
+    digest, so what remains still verifies. A chain whose removed part does not verify is
+    left whole and listed in ``refused``: pruning never erases evidence of tampering.
+    """
+    database = store._db
+    signer = store._audit.signer()
+    e = audit_events.c
+    with database.connect() as connection:
+        chains = [
+            int(chain)
+            for (chain,) in connection.execute(
+                sa.select(e.chain_id).where(e.occurred_at < before).group_by(e.chain_id).order_by(e.chain_id)
+            )
+        ]
+        keys = public_keys(connection)
+        chain_keys = {
+            int(chain): int(key_id)
+            for chain, key_id in connection.execute(
+                sa.select(audit_chains.c.id, audit_chains.c.signing_key_id)
+            )
+        }
+    removed, cut_chains, refused = 0, 0, []
+    for chain in chains:
+        with database.connect(lock=True) as connection, connection.begin():
+            first_kept = connection.execute(
+                sa.select(sa.func.min(e.seq)).where(e.chain_id == chain, e.occurred_at >= before)
+            ).scalar()
+            cut = (
+                int(first_kept) - 1
+                if first_kept is not None
+                else connection.execute(sa.select(sa.func.max(e.seq)).where(e.chain_id == chain)).scalar()
+            )
+            checkpoint = connection.execute(
+                sa.select(audit_checkpoints).where(audit_checkpoints.c.chain_id == chain)
+            ).first()
+            start = int(checkpoint.seq) if checkpoint is not None else 0
+            if cut is None or int(cut) <= start:
+                continue
+            cut = int(cut)
+            try:
+                digest = _check_segment(connection, chain, chain_keys.get(chain), keys, checkpoint, cut)
+            except AuthenticationError as error:
+                refused.append(f"chain {chain}: {error}")
+                continue
+            created_at = now_micros()
+            connection.execute(sa.delete(audit_checkpoints).where(audit_checkpoints.c.chain_id == chain))
+            connection.execute(
+                audit_checkpoints.insert().values(
+                    chain_id=chain,
+                    seq=cut,
+                    digest=digest,
+                    signing_key_id=signer.id,
+                    created_at=created_at,
+                    signature=signer.sign(checkpoint_message(chain, cut, digest, created_at)),
+                )
+            )
+            removed += connection.execute(
+                sa.delete(audit_events).where(e.chain_id == chain, e.seq <= cut)
+            ).rowcount
+            cut_chains += 1
+    store._record_event(
+        "audit.prune",
+        detail=f"removed {removed} events older than {format_time(before)} from {cut_chains} chains"
+        + (f"; refused {len(refused)} chains that do not verify" if refused else ""),
+        outcome="ok" if not refused else "partial",
+    )
+    return PruneReport(before, removed, cut_chains, refused)
+
+
+def _check_segment(
+    connection: sa.Connection,
+    chain: int,
+    key_id: int | None,
+    keys: dict[int, bytes],
+    checkpoint: Any,
+    cut: int,
+) -> bytes:
+    """Walk events up to ``cut``: links, positions and the signature at the cut. Returns its digest."""
+    if key_id is None or key_id not in keys:
+        raise AuthenticationError("its chain or signing key record is missing")
+    if checkpoint is not None:
+        seq, previous = int(checkpoint.seq), bytes(checkpoint.digest)
+    else:
+        seq, previous = 0, genesis_digest(chain, key_id)
+    signature = b""
+    rows = connection.execute(
+        sa.select(audit_events)
+        .where(audit_events.c.chain_id == chain, audit_events.c.seq > seq, audit_events.c.seq <= cut)
+        .order_by(audit_events.c.seq)
+        .execution_options(stream_results=True, yield_per=2000)
+    )
+    for row in rows:
+        seq += 1
+        if int(row.seq) != seq or event_digest(chain, seq, previous, _event_from_row(row)) != bytes(
+            row.digest
+        ):
+            raise AuthenticationError(f"event {seq} does not verify")
+        previous, signature = bytes(row.digest), bytes(row.signature)
+    if seq != cut or not verify_signature(keys[key_id], signature, previous):
+        raise AuthenticationError(f"event {cut} does not verify")
+    return previous

@@ -1,0 +1,455 @@
+"""``secure-kv audit verify``: authenticate every record and data key, and walk every chain.
+
+What each check finds is listed in docs/compliance.md. In short, per chain:
+
+- every event's digest is recomputed from its content, its position and the previous
+  event's digest: an edited, reordered or moved event fails here, by name;
+- positions must run without gaps from 1 (or from the prune checkpoint): a deleted event
+  is named by its position;
+- the signature of each chain's last event is checked (it covers the whole chain through
+  the digests); when it fails, every signature of that chain is checked to name the forged
+  events (an inserted event, or a rewritten tail);
+- with an anchor, every chain must still reach the anchored position with the anchored
+  digest, so a cut tail or a removed chain is found, and the signing keys' public halves are
+  pinned.
+
+Memory stays constant: events and records are streamed in key order.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from .audit_events import Event, anchor_digest, checkpoint_message, event_digest, genesis_digest
+from .audit_keys import authenticate_signing_keys, public_keys, verify_signature
+from .categories import CATEGORY_CODES, Category
+from .database import Database
+from .envelope import DataKey, open_value, parse_header, record_context, unwrap_data_key
+from .errors import AuthenticationError, InvalidInputError, MasterKeyError, UnsupportedVersionError
+from .keys.base import MasterKeyProvider
+from .schema import (
+    audit_anchors,
+    audit_chains,
+    audit_checkpoints,
+    audit_events,
+    data_keys,
+    records,
+    workspaces,
+)
+
+__all__ = ["ANCHOR_PREFIX", "Failure", "VerifyReport", "parse_anchor", "verify"]
+
+ANCHOR_PREFIX = "skv-anchor:v1:"
+_ANCHOR = re.compile(r"skv-anchor:v1:(\d+):([0-9a-f]{64})")
+MAX_LISTED_FAILURES = 1000
+_BATCH = 2000
+_CATEGORIES = {category.value: category for category in Category}
+
+Progress = Callable[[str, int], None]
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One check that did not hold: what failed (``subject``) and which check (``check``)."""
+
+    subject: str
+    check: str
+
+    def __str__(self) -> str:
+        return f"{self.subject}: {self.check}"
+
+
+@dataclass
+class VerifyReport:
+    failures: list[Failure] = field(default_factory=list)
+    failure_count: int = 0
+    notes: list[str] = field(default_factory=list)
+    records: int = 0
+    shredded_records: int = 0
+    data_keys: int = 0
+    events: int = 0
+    chains: int = 0
+    signing_keys: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.failure_count == 0
+
+    def fail(self, subject: str, check: str) -> None:
+        self.failure_count += 1
+        if len(self.failures) < MAX_LISTED_FAILURES:
+            self.failures.append(Failure(subject, check))
+
+
+def parse_anchor(text: str) -> tuple[int, bytes]:
+    """``skv-anchor:v1:<id>:<digest>`` (as ``secure-kv audit anchor`` prints) -> (id, digest)."""
+    match = _ANCHOR.fullmatch(text.strip())
+    if match is None:
+        raise InvalidInputError(
+            "not an anchor: expected skv-anchor:v1:<id>:<64 hex digits>, as `secure-kv audit anchor` prints"
+        )
+    return int(match.group(1)), bytes.fromhex(match.group(2))
+
+
+def verify(
+    database: Database,
+    provider: MasterKeyProvider | None,
+    *,
+    anchor: str | None = None,
+    progress: Progress | None = None,
+) -> VerifyReport:
+    """Run every check. Without ``provider`` only the audit chain is checked (auditor mode)."""
+    report = VerifyReport()
+    tick = progress or (lambda phase, count: None)
+    anchored = parse_anchor(anchor) if anchor is not None else None
+    with database.connect() as connection:
+        keys = public_keys(connection)
+        report.signing_keys = len(keys)
+        if provider is not None:
+            for problem in authenticate_signing_keys(connection, provider):
+                report.fail(f"audit signing key {problem.key_id}", problem.problem)
+        elif anchored is None:
+            report.notes.append(
+                "signing keys were taken from the database without authentication: give the master "
+                "key, or pin them with --anchor"
+            )
+        pinned = _check_anchor(connection, anchored, keys, report) if anchored is not None else None
+    _verify_chains(database, keys, pinned, report, tick)
+    if provider is not None:
+        _verify_data_keys(database, provider, report, tick)
+        _verify_records(database, provider, report, tick)
+    else:
+        report.notes.append("records and data keys were not authenticated: that needs the master key")
+    return report
+
+
+# --- the anchor -----------------------------------------------------------------------
+
+
+def _check_anchor(
+    connection: sa.Connection, anchored: tuple[int, bytes], keys: dict[int, bytes], report: VerifyReport
+) -> dict[int, tuple[int, bytes]]:
+    anchor_id, expected = anchored
+    row = connection.execute(
+        sa.select(audit_anchors.c.created_at, audit_anchors.c.heads).where(audit_anchors.c.id == anchor_id)
+    ).first()
+    if row is None:
+        report.fail(f"anchor {anchor_id}", "its record is missing from skv_audit_anchors (deleted)")
+        return {}
+    created_at, text = row
+    try:
+        data = json.loads(text)
+        heads = [(int(c), int(s), bytes.fromhex(d)) for c, s, d in data["heads"]]
+        pinned_keys = [(int(k), bytes.fromhex(p)) for k, p in data["keys"]]
+    except (ValueError, KeyError, TypeError):
+        report.fail(f"anchor {anchor_id}", "its record is malformed (edited)")
+        return {}
+    if anchor_digest(anchor_id, int(created_at), heads, pinned_keys) != expected:
+        report.fail(f"anchor {anchor_id}", "its record does not match the anchor kept outside (edited)")
+        return {}
+    for key_id, public in pinned_keys:
+        if keys.get(key_id) != public:
+            report.fail(
+                f"audit signing key {key_id}", "its public key differs from the anchored one (replaced)"
+            )
+    return {chain: (seq, digest) for chain, seq, digest in heads}
+
+
+# --- chains ---------------------------------------------------------------------------
+
+
+@dataclass
+class _ChainState:
+    chain_id: int
+    public_key: bytes | None
+    signing_key_id: int | None
+    expected: int
+    previous: bytes
+    last_seq: int = 0
+    last_digest: bytes | None = None
+    last_signature: bytes | None = None
+    needs_full_signature_check: bool = False
+    anchored: tuple[int, bytes] | None = None
+
+
+def _event_from_row(row: Any) -> Event:
+    return Event(
+        occurred_at=int(row.occurred_at),
+        actor=row.actor,
+        action=row.action,
+        workspace=None if row.workspace is None else bytes(row.workspace),
+        key=None if row.record_key is None else bytes(row.record_key),
+        category=row.category,
+        dek_version=row.dek_version,
+        outcome=row.outcome,
+        detail=row.detail,
+    )
+
+
+def _verify_chains(
+    database: Database,
+    keys: dict[int, bytes],
+    pinned: dict[int, tuple[int, bytes]] | None,
+    report: VerifyReport,
+    tick: Progress,
+) -> None:
+    with database.connect() as connection:
+        chains = {
+            int(chain_id): int(key_id)
+            for chain_id, key_id in connection.execute(
+                sa.select(audit_chains.c.id, audit_chains.c.signing_key_id)
+            )
+        }
+        checkpoints = {int(row.chain_id): row for row in connection.execute(sa.select(audit_checkpoints))}
+    report.chains = len(chains)
+    for chain_id, row in checkpoints.items():
+        public = keys.get(int(row.signing_key_id))
+        message = checkpoint_message(chain_id, int(row.seq), bytes(row.digest), int(row.created_at))
+        if public is None or not verify_signature(public, bytes(row.signature), message):
+            report.fail(
+                f"prune checkpoint of chain {chain_id}", "its signature is invalid (forged or edited)"
+            )
+    seen: set[int] = set()
+    state: _ChainState | None = None
+    for row in _stream(
+        database, sa.select(audit_events).order_by(audit_events.c.chain_id, audit_events.c.seq)
+    ):
+        chain_id = int(row.chain_id)
+        if state is None or state.chain_id != chain_id:
+            if state is not None:
+                _finish_chain(database, state, pinned, checkpoints, report)
+            seen.add(chain_id)
+            state = _start_chain(chain_id, chains, keys, checkpoints, report)
+            state.anchored = pinned.get(chain_id) if pinned else None
+        _check_event(state, row, report)
+        report.events += 1
+        if report.events % 10_000 == 0:
+            tick("events", report.events)
+    if state is not None:
+        _finish_chain(database, state, pinned, checkpoints, report)
+    for chain_id in checkpoints.keys() - seen:
+        # Every event was pruned: the checkpoint is the chain's head.
+        row = checkpoints[chain_id]
+        state = _start_chain(chain_id, chains, keys, checkpoints, report)
+        state.last_seq, state.last_digest = int(row.seq), bytes(row.digest)
+        seen.add(chain_id)
+        _check_pinned(state, pinned, checkpoints, report)
+    if pinned:
+        for chain_id, (seq, _) in sorted(pinned.items()):
+            if chain_id not in seen:
+                report.fail(f"chain {chain_id}", f"missing: the anchor has it up to event {seq} (deleted)")
+    tick("events", report.events)
+
+
+def _start_chain(
+    chain_id: int,
+    chains: dict[int, int],
+    keys: dict[int, bytes],
+    checkpoints: dict[int, Any],
+    report: VerifyReport,
+) -> _ChainState:
+    key_id = chains.get(chain_id)
+    if key_id is None:
+        report.fail(
+            f"chain {chain_id}", "its events belong to no registered chain (inserted, or its row deleted)"
+        )
+    public = keys.get(key_id) if key_id is not None else None
+    if key_id is not None and public is None:
+        report.fail(f"chain {chain_id}", f"its signing key {key_id} is missing (deleted)")
+    checkpoint = checkpoints.get(chain_id)
+    if checkpoint is not None:
+        return _ChainState(chain_id, public, key_id, int(checkpoint.seq) + 1, bytes(checkpoint.digest))
+    return _ChainState(chain_id, public, key_id, 1, genesis_digest(chain_id, key_id or 0))
+
+
+def _check_event(state: _ChainState, row: Any, report: VerifyReport) -> None:
+    seq = int(row.seq)
+    stored = bytes(row.digest)
+    where = f"event {seq} of chain {state.chain_id}"
+    if seq < state.expected:
+        report.fail(where, "it lies before the chain's prune checkpoint (inserted)")
+    elif seq > state.expected:
+        missing = f"{state.expected}" if seq == state.expected + 1 else f"{state.expected}-{seq - 1}"
+        report.fail(f"chain {state.chain_id}", f"event(s) {missing} missing (deleted)")
+    elif event_digest(state.chain_id, seq, state.previous, _event_from_row(row)) != stored:
+        report.fail(
+            where,
+            "its content, position or link does not match its digest (edited, reordered, or moved)",
+        )
+        state.needs_full_signature_check = True
+    if state.anchored is not None and state.anchored[0] == seq and state.anchored[1] != stored:
+        report.fail(where, "it differs from the anchored event (replaced after the anchor was taken)")
+    state.expected = seq + 1
+    state.previous = stored
+    state.last_seq, state.last_digest, state.last_signature = seq, stored, bytes(row.signature)
+
+
+def _finish_chain(
+    database: Database,
+    state: _ChainState,
+    pinned: dict[int, tuple[int, bytes]] | None,
+    checkpoints: dict[int, Any],
+    report: VerifyReport,
+) -> None:
+    head_ok = (
+        state.public_key is not None
+        and state.last_digest is not None
+        and state.last_signature is not None
+        and verify_signature(state.public_key, state.last_signature, state.last_digest)
+    )
+    if not head_ok or state.needs_full_signature_check:
+        _check_every_signature(database, state, report)
+    _check_pinned(state, pinned, checkpoints, report)
+
+
+def _check_every_signature(database: Database, state: _ChainState, report: VerifyReport) -> None:
+    if state.public_key is None:
+        return
+    query = (
+        sa.select(audit_events.c.seq, audit_events.c.digest, audit_events.c.signature)
+        .where(audit_events.c.chain_id == state.chain_id)
+        .order_by(audit_events.c.seq)
+    )
+    for row in _stream(database, query):
+        if not verify_signature(state.public_key, bytes(row.signature), bytes(row.digest)):
+            report.fail(
+                f"event {row.seq} of chain {state.chain_id}",
+                "its signature is invalid (inserted or rewritten without the signing key)",
+            )
+
+
+def _check_pinned(
+    state: _ChainState,
+    pinned: dict[int, tuple[int, bytes]] | None,
+    checkpoints: dict[int, Any],
+    report: VerifyReport,
+) -> None:
+    if not pinned or state.chain_id not in pinned:
+        return
+    seq, digest = pinned[state.chain_id]
+    checkpoint = checkpoints.get(state.chain_id)
+    if checkpoint is not None and seq <= int(checkpoint.seq):
+        if seq == int(checkpoint.seq) and bytes(checkpoint.digest) != digest:
+            report.fail(f"chain {state.chain_id}", f"event {seq} differs from the anchored one")
+        return  # pruned since the anchor: the signed checkpoint vouches for it
+    if state.last_seq < seq:
+        report.fail(
+            f"chain {state.chain_id}",
+            f"cut: the anchor has events up to {seq}, the log ends at {state.last_seq} (tail deleted)",
+        )
+
+
+# --- data keys and records ------------------------------------------------------------
+
+
+def _verify_data_keys(
+    database: Database, provider: MasterKeyProvider, report: VerifyReport, tick: Progress
+) -> None:
+    query = (
+        sa.select(workspaces.c.name, data_keys.c.version, data_keys.c.kek_id, data_keys.c.wrapped)
+        .select_from(data_keys.join(workspaces, workspaces.c.id == data_keys.c.workspace_id))
+        .order_by(data_keys.c.workspace_id, data_keys.c.version)
+    )
+    for name, version, kek_id, wrapped in _stream(database, query):
+        report.data_keys += 1
+        if wrapped is None:
+            continue  # destroyed by a shred
+        try:
+            _unwrap(provider, bytes(name), int(version), kek_id, bytes(wrapped))
+        except (AuthenticationError, MasterKeyError, UnsupportedVersionError) as error:
+            report.fail(f"data key {version} of workspace {_show(name)}", _reason(error))
+    tick("data keys", report.data_keys)
+
+
+def _unwrap(provider: MasterKeyProvider, name: bytes, version: int, kek_id: str, wrapped: bytes) -> DataKey:
+    master = provider.find(kek_id)
+    if master is None:
+        raise MasterKeyError(f"wrapped by master key {kek_id}, which the provider does not hold")
+    return unwrap_data_key(master, wrapped, name, version)
+
+
+def _verify_records(
+    database: Database, provider: MasterKeyProvider, report: VerifyReport, tick: Progress
+) -> None:
+    r, d = records.c, data_keys.c
+    query = (
+        sa.select(
+            workspaces.c.name,
+            r.workspace_id,
+            r.record_key,
+            r.category,
+            r.dek_version,
+            r.expires_at,
+            r.value,
+            d.kek_id,
+            d.wrapped,
+            d.version,
+        )
+        .select_from(
+            records.join(workspaces, workspaces.c.id == r.workspace_id).outerjoin(
+                data_keys, sa.and_(d.workspace_id == r.workspace_id, d.version == r.dek_version)
+            )
+        )
+        .order_by(r.workspace_id, r.record_key)
+    )
+    current_workspace = None
+    cache: dict[int, DataKey | Exception] = {}
+    for row in _stream(database, query):
+        report.records += 1
+        if report.records % 10_000 == 0:
+            tick("records", report.records)
+        name = bytes(row.name)
+        if row.workspace_id != current_workspace:
+            current_workspace, cache = row.workspace_id, {}  # one workspace's keys at a time
+        where = f"record {_show(row.record_key)} of workspace {_show(name)}"
+        if row.version is None:
+            report.fail(where, f"it names data key {row.dek_version}, which does not exist")
+            continue
+        if row.wrapped is None:
+            report.shredded_records += 1
+            continue
+        key = cache.get(row.dek_version)
+        if key is None:
+            try:
+                key = _unwrap(provider, name, int(row.dek_version), row.kek_id, bytes(row.wrapped))
+            except (AuthenticationError, MasterKeyError, UnsupportedVersionError) as error:
+                key = error
+            cache[row.dek_version] = key
+        if isinstance(key, Exception):
+            report.fail(where, f"its data key {row.dek_version} cannot be used: {_reason(key)}")
+            continue
+        category = _CATEGORIES.get(row.category)
+        if category is None:
+            report.fail(where, "its category is not one secure_kv writes (edited)")
+            continue
+        try:
+            header = parse_header(row.value)
+            if header.dek_version != row.dek_version:
+                raise AuthenticationError("header names another data key")
+            context = record_context(name, bytes(row.record_key), CATEGORY_CODES[category], row.expires_at)
+            open_value(key, context, row.value, header)  # the plaintext is dropped at once
+        except UnsupportedVersionError as error:
+            report.fail(where, _reason(error))
+        except AuthenticationError:
+            report.fail(where, "it failed authentication (altered, truncated, or moved)")
+    tick("records", report.records)
+
+
+def _reason(error: Exception) -> str:
+    return str(error) or type(error).__name__
+
+
+def _show(name: Any) -> str:
+    return repr(bytes(name).decode("utf-8", "replace"))
+
+
+def _stream(database: Database, query: Any) -> Iterator[Any]:
+    """Rows of ``query`` fetched in batches from a server-side cursor: constant memory."""
+    with database.connect() as connection, connection.begin():
+        yield from connection.execute(query.execution_options(stream_results=True, yield_per=_BATCH))

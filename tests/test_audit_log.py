@@ -1,0 +1,223 @@
+"""What the audit log records, in the same transaction as the change, and failing closed."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from secure_kv import Category, SecureStore
+from secure_kv.audit_keys import load_signing_key, rewrap_signing_keys
+from secure_kv.audit_verify import verify
+from secure_kv.errors import AuthenticationError, StorageError
+from secure_kv.keys import StaticMasterKey
+
+
+def events(url: str) -> list[dict[str, Any]]:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as c:
+            rows = c.execute(
+                sa.text(
+                    "SELECT chain_id, seq, actor, action, workspace, record_key, category, dek_version, "
+                    "outcome, detail FROM skv_audit_events ORDER BY occurred_at, chain_id, seq"
+                )
+            )
+            found = []
+            for row in rows:
+                item = dict(row._mapping)
+                for name in ("workspace", "record_key"):
+                    if item[name] is not None:
+                        item[name] = bytes(item[name]).decode()
+                found.append(item)
+            return found
+    finally:
+        engine.dispose()
+
+
+def actions(url: str) -> list[tuple[str, str | None, str | None]]:
+    return [(e["action"], e["record_key"], e["category"]) for e in events(url)]
+
+
+def execute(url: str, sql: str, **params: Any) -> None:
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as c:
+            c.execute(sa.text(sql), params)
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def url_and_store(database_url: str, master_key: StaticMasterKey) -> Iterator[tuple[str, SecureStore]]:
+    with SecureStore.open(database_url, master_key=master_key, actor="alice@ops") as opened:
+        yield database_url, opened
+
+
+def test_token_write_read_and_delete_are_recorded_with_the_data_key_creation(
+    url_and_store: tuple[str, SecureStore],
+) -> None:
+    url, store = url_and_store
+    ws = store.workspace("tenant-1")
+    ws.set("openai", b"sk-secret-value-1", category=Category.TOKEN)
+    assert ws.get("openai") == b"sk-secret-value-1"
+    ws.delete("openai")
+    assert actions(url) == [
+        ("datakey.create", None, None),
+        ("record.write", "openai", "token"),
+        ("record.read", "openai", "token"),
+        ("record.delete", "openai", "token"),
+    ]
+    recorded = events(url)
+    assert {e["actor"] for e in recorded} == {"alice@ops"}
+    assert {e["workspace"] for e in recorded} == {"tenant-1"}
+    assert all(e["dek_version"] == 1 and e["outcome"] == "ok" for e in recorded)
+
+
+def test_preference_and_cache_traffic_is_not_recorded_by_default(
+    url_and_store: tuple[str, SecureStore],
+) -> None:
+    url, store = url_and_store
+    ws = store.workspace("w")
+    ws.set("lang", b"en")
+    ws.set("page", b"<html>", category=Category.CACHE, ttl=60)
+    assert ws.get("lang") == b"en"
+    ws.delete("lang")
+    ws.delete("missing")
+    assert actions(url) == [("datakey.create", None, None)]
+
+
+def test_audit_writes_all_records_preference_and_cache_writes_and_deletes(
+    database_url: str, master_key: StaticMasterKey
+) -> None:
+    with SecureStore.open(database_url, master_key=master_key, audit_writes="all") as store:
+        ws = store.workspace("w")
+        ws.set("lang", b"en")
+        ws.set("page", b"x", category=Category.CACHE)
+        assert ws.get("lang") == b"en"
+        ws.delete("lang")
+        ws.delete("never-there")
+    assert actions(database_url)[1:] == [
+        ("record.write", "lang", "preference"),
+        ("record.write", "page", "cache"),
+        ("record.delete", "lang", "preference"),
+    ]
+
+
+def test_replacing_a_token_with_a_preference_is_recorded(url_and_store: tuple[str, SecureStore]) -> None:
+    url, store = url_and_store
+    ws = store.workspace("w")
+    ws.set("k", b"first", category=Category.TOKEN)
+    ws.set("k", b"now a preference")
+    assert ws.get("k") == b"now a preference"
+    last = events(url)[-1]
+    assert (last["action"], last["category"], last["detail"]) == (
+        "record.write",
+        "preference",
+        "replaced a token",
+    )
+
+
+def test_a_token_read_whose_event_cannot_be_written_fails_and_returns_nothing(
+    url_and_store: tuple[str, SecureStore],
+) -> None:
+    url, store = url_and_store
+    ws = store.workspace("w")
+    ws.set("openai", b"sk-the-token-value", category=Category.TOKEN)
+    ws.set("lang", b"en")
+    execute(url, "ALTER TABLE skv_audit_events RENAME TO skv_audit_events_gone")
+    with pytest.raises(StorageError, match="refused: its audit event could not be written") as raised:
+        ws.get("openai")
+    assert "sk-the-token-value" not in str(raised.value)
+    assert ws.get("lang") == b"en"  # reads of other categories are not audited
+
+
+def test_a_token_write_whose_event_cannot_be_written_stores_nothing(
+    url_and_store: tuple[str, SecureStore],
+) -> None:
+    url, store = url_and_store
+    ws = store.workspace("w")
+    ws.set("warm", b"up")  # creates the data key while the log still works
+    execute(url, "ALTER TABLE skv_audit_events RENAME TO skv_audit_events_gone")
+    with pytest.raises(StorageError):
+        ws.set("openai", b"sk-never-stored", category=Category.TOKEN)
+    execute(url, "ALTER TABLE skv_audit_events_gone RENAME TO skv_audit_events")
+    assert ws.get("openai") is None
+
+
+def test_a_record_failing_authentication_is_recorded(url_and_store: tuple[str, SecureStore]) -> None:
+    url, store = url_and_store
+    ws = store.workspace("w")
+    ws.set("k", b"value", category=Category.TOKEN)
+    execute(url, "UPDATE skv_records SET category = 'preference'")
+    with pytest.raises(AuthenticationError):
+        ws.get("k")
+    last = events(url)[-1]
+    assert (last["action"], last["record_key"], last["outcome"]) == ("auth.failure", "k", "failure")
+
+
+def test_a_wrong_master_key_is_logged_since_it_cannot_sign(
+    database_url: str, master_key: StaticMasterKey, caplog: pytest.LogCaptureFixture
+) -> None:
+    with SecureStore.open(database_url, master_key=master_key) as store:
+        store.workspace("w").set("k", b"v")
+    wrong = StaticMasterKey(os.urandom(32))
+    with pytest.raises(Exception, match="wrong master key"):
+        SecureStore.open(database_url, master_key=wrong)
+    assert any(
+        "authentication failure" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records
+    )
+
+
+def test_admin_events_commit_and_roll_back_with_the_callers_transaction(
+    url_and_store: tuple[str, SecureStore],
+) -> None:
+    url, store = url_and_store
+    with store._db.connect(lock=True) as connection:
+        with connection.begin():
+            store._record_event("rotate.workspace", connection=connection, workspace="w", dek_version=2)
+        transaction = connection.begin()
+        store._record_event("shred", connection=connection, workspace="w")
+        transaction.rollback()
+        with connection.begin():
+            store._record_event("purge", connection=connection, detail="3 expired")
+    store._record_event("operator.get", workspace="w", key="k", category=Category.TOKEN)
+    assert actions(url) == [
+        ("rotate.workspace", None, None),
+        ("purge", None, None),
+        ("operator.get", "k", "token"),
+    ]
+    report = verify(store._db, store._provider)
+    assert report.ok, report.failures
+
+
+def test_the_signing_key_is_rewrapped_on_master_rotation_and_stays_the_same_key(database_url: str) -> None:
+    old, new = os.urandom(32), os.urandom(32)
+    with SecureStore.open(database_url, master_key=StaticMasterKey(old)) as store:
+        store.workspace("w").set("k", b"v", category=Category.TOKEN)
+        public = store._audit.signer().public_key
+    rotated = StaticMasterKey(new, previous=[old])
+    with SecureStore.open(database_url, master_key=rotated) as store:
+        with store._db.connect(lock=True) as connection, connection.begin():
+            assert rewrap_signing_keys(connection, rotated) == 1
+            assert rewrap_signing_keys(connection, rotated) == 0
+        # Only the new master key is needed for the signing key from now on.
+        signer = load_signing_key(store._db, StaticMasterKey(new), now=0)
+    assert (signer.id, signer.public_key) == (1, public)
+
+
+def test_events_never_hold_a_value(url_and_store: tuple[str, SecureStore]) -> None:
+    url, store = url_and_store
+    ws = store.workspace("w")
+    ws.set("openai", b"sk-do-not-store-me-in-the-log", category=Category.TOKEN)
+    ws.get("openai")
+    engine = sa.create_engine(url)
+    with engine.connect() as c:
+        for row in c.execute(sa.text("SELECT * FROM skv_audit_events")):
+            for cell in row:
+                text = bytes(cell) if isinstance(cell, (bytes, memoryview)) else str(cell).encode()
+                assert b"sk-do-not-store" not in text
+    engine.dispose()
