@@ -53,6 +53,8 @@ __all__ = [
     "open_value",
     "parse_header",
     "record_context",
+    "reseal_value",
+    "rewrap_data_key",
     "seal_value",
     "unwrap_data_key",
     "wrap_data_key",
@@ -176,6 +178,14 @@ def unwrap_data_key(master: MasterKey, wrapped: bytes, workspace: bytes, version
     return DataKey(dek, workspace, version)
 
 
+def rewrap_data_key(old: MasterKey, new: MasterKey, wrapped: bytes, workspace: bytes, version: int) -> bytes:
+    """Unwrap a DEK with ``old`` and wrap it under ``new``, bound to the same workspace and
+    version (master-key rotation). Raise :class:`AuthenticationError` if it was altered or moved.
+    """
+    associated_data = data_key_associated_data(workspace, version)
+    return new.wrap(old.unwrap(bytes(wrapped), associated_data), associated_data)
+
+
 def record_context(workspace: bytes, key: bytes, category_code: int, expires_at: int | None) -> bytes:
     """The record's identity as bound into the associated data (see the module docstring)."""
     return b"".join(
@@ -215,6 +225,29 @@ def seal_value(
     sealed[:HEADER_BYTES] = header
     aead.encrypt_into(nonce, plaintext, aad, memoryview(sealed)[HEADER_BYTES:])
     return sealed
+
+
+def reseal_value(old: DataKey, new: DataKey, context: bytes, blob: Buffer) -> Buffer:
+    """Open ``blob`` with ``old`` and seal its plaintext under ``new`` for the same record
+    (workspace-key rotation). Raise :class:`AuthenticationError` on any mismatch, including
+    a header that names another data-key version than ``old``.
+    """
+    if len(blob) < SEAL_OVERHEAD or blob[0] != FORMAT_VERSION or blob[1] != ALGORITHM_AES256GCM_HKDF:
+        parse_header(blob)  # raises the precise error
+    # The same checks as open_value, without building a Header: rotation runs this per record.
+    _, _, version, salt, nonce = HEADER.unpack_from(blob)
+    if version != old.version:
+        raise AuthenticationError("sealed value names another data key version")
+    view = memoryview(blob)
+    try:
+        plaintext = old.reader(salt).decrypt(
+            nonce, view[HEADER_BYTES:], view[:HEADER_BYTES].tobytes() + context
+        )
+    except InvalidTag:
+        raise AuthenticationError("sealed value failed authentication") from None
+    finally:
+        view.release()
+    return seal_value(new, context, plaintext)
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,15 @@ class Statement:
         finally:
             cursor.close()
 
+    def run_many(self, connection: PoolProxiedConnection, rows: Sequence[Sequence[Any]]) -> None:
+        """Execute once per row of values (the driver's ``executemany``)."""
+        cursor = connection.cursor()
+        try:
+            arguments: Any = [self.arguments(values) for values in rows]
+            cursor.executemany(self.sql, arguments)
+        finally:
+            cursor.close()
+
 
 def _insert_for(dialect_name: str, table: sa.Table) -> Any:
     module = {"sqlite": sqlite, "postgresql": postgresql, "mysql": mysql}[dialect_name]

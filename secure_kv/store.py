@@ -13,7 +13,7 @@ from typing import Any
 
 from .categories import CATEGORY_CODES, Category, parse_category
 from .database import Database, safe_url
-from .datakeys import DataKeys, check_master_key, now_micros
+from .datakeys import DataKeys, MissingDataKeyError, check_master_key, now_micros
 from .envelope import open_value, parse_header, record_context, seal_value
 from .errors import (
     AuthenticationError,
@@ -78,11 +78,20 @@ class SecureStore:
                 f"StaticMasterKey(key)), not {type(master_key).__name__}"
             )
         settings = load_settings(database_url=url, **options)
+        return cls._open_with(settings, master_key)
+
+    @classmethod
+    def _open_with(
+        cls, settings: Settings, master_key: MasterKeyProvider | None = None, *, create_schema: bool = True
+    ) -> SecureStore:
+        """Open with settings already loaded (the admin commands). ``create_schema=False``
+        refuses a database without the schema instead of creating it.
+        """
         provider = master_key if master_key is not None else provider_from_settings(settings)
         provider.current_key()  # fail now, not on the first write, if the key is unavailable
         database = Database(settings.database_url, settings)
         try:
-            ensure_schema(database, create=True)
+            ensure_schema(database, create=create_schema)
             check_master_key(database, provider)
         except BaseException:
             database.close()
@@ -218,6 +227,11 @@ class Workspace:
 
         Raises :class:`AuthenticationError` if the stored record was tampered with.
         """
+        found = self._read(key)
+        return None if found is None else found[0]
+
+    def _read(self, key: str) -> tuple[bytes, Category] | None:
+        """The value and its category, read from one row (the CLI masks tokens by it)."""
         key_bytes = check_key(key)
         store = self._store
         store._check_open()
@@ -225,6 +239,22 @@ class Workspace:
         if workspace_id is None:
             return None
         statement = store._sql.select_record
+        try:
+            return self._open_row(key, key_bytes, workspace_id, statement)
+        except MissingDataKeyError:
+            # A rotation may have re-encrypted the record and retired the key version it
+            # named between our two queries: read the row again. Only a record that still
+            # names a missing version was altered.
+            pass
+        try:
+            return self._open_row(key, key_bytes, workspace_id, statement)
+        except MissingDataKeyError as error:
+            raise AuthenticationError(f"cannot open {self._describe(key)}: {error}") from None
+
+    def _open_row(
+        self, key: str, key_bytes: bytes, workspace_id: int, statement: Any
+    ) -> tuple[bytes, Category] | None:
+        store = self._store
         row = store._db.run(lambda c: statement.fetchone(c, workspace_id, key_bytes))
         if row is None:
             return None
@@ -244,13 +274,15 @@ class Workspace:
             raise self._tampered(key)
         try:
             data_key = self._keys.version(workspace_id, self._name_bytes, dek_version)
+        except MissingDataKeyError:
+            raise
         except (AuthenticationError, MasterKeyError) as error:
             raise type(error)(f"cannot open {self._describe(key)}: {error}") from None
         if data_key is None:
             return None  # its data key was destroyed: the workspace is being shredded
         context = record_context(self._name_bytes, key_bytes, CATEGORY_CODES[category], expires_at)
         try:
-            return open_value(data_key, context, blob, header)
+            return open_value(data_key, context, blob, header), category
         except AuthenticationError:
             raise self._tampered(key) from None
 
