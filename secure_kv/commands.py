@@ -1,6 +1,10 @@
 """Admin operations as plain typed functions; ``cli.py`` is a thin layer over them.
 
-Everything the CLI does is scriptable from Python and testable without a subprocess.
+Everything the CLI does is scriptable from Python and testable without a subprocess. Each
+function takes the settings (``None``: read ``SECURE_KV_*``) and optionally a master-key
+provider (``None``: the one the settings name), opens the store, does one job, reports it
+to the audit hook, and closes the store. The work itself lives in ``rotation.py``,
+``erasure.py`` and ``inventory.py``.
 """
 
 from __future__ import annotations
@@ -8,20 +12,41 @@ from __future__ import annotations
 import os
 import sqlite3
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
-from .categories import Category
+from . import erasure, inventory, rotation
+from .categories import Category, parse_category
 from .database import Database, safe_url
 from .datakeys import check_master_key
-from .errors import AuthenticationError
+from .errors import AuthenticationError, ConfigurationError, InvalidInputError, SecureKVError
 from .keys import KeyringMasterKey, MasterKeyProvider, StaticMasterKey, provider_from_settings
 from .keys.base import generate_master_key
-from .migrate import head_revision, upgrade_schema
+from .migrate import ensure_schema, head_revision, upgrade_schema
+from .progress import NO_PROGRESS, Progress
 from .settings import Settings, load_settings
 from .store import SecureStore
+from .validation import check_workspace_name
 
-__all__ = ["DemoReport", "InitReport", "demo", "init", "keygen"]
+__all__ = [
+    "DemoReport",
+    "InitReport",
+    "StoredValue",
+    "delete_value",
+    "demo",
+    "get_value",
+    "init",
+    "keygen",
+    "list_keys",
+    "purge",
+    "rotate_master",
+    "rotate_workspaces",
+    "set_value",
+    "shred",
+    "status",
+]
 
 
 def keygen() -> str:
@@ -127,3 +152,216 @@ def demo(directory: str | os.PathLike[str] | None = None) -> DemoReport:
                 report.tamper_detected = True
                 report.tamper_error = str(error)
         return report
+
+
+def _open(settings: Settings | None, master_key: MasterKeyProvider | None) -> SecureStore:
+    """The store for an admin command: an existing schema only (``init`` creates one)."""
+    settings = settings if settings is not None else load_settings()
+    return SecureStore._open_with(settings, master_key, create_schema=False)
+
+
+def status(
+    settings: Settings | None = None, master_key: MasterKeyProvider | None = None
+) -> inventory.StoreStatus:
+    """Master keys, workspaces, data-key versions with their record counts, rotations due
+    or under way. Works without the master key (it then says why the key is unavailable).
+    """
+    settings = settings if settings is not None else load_settings()
+    kek_id: str | None = None
+    previous: tuple[str, ...] = ()
+    problem: str | None = None
+    try:
+        provider = master_key if master_key is not None else provider_from_settings(settings)
+        kek_id = provider.current_key().kek_id
+        previous = tuple(key.kek_id for key in provider.previous_keys())
+    except SecureKVError as error:
+        problem = str(error)
+    database = Database(settings.database_url, settings)
+    try:
+        ensure_schema(database, create=False)
+        return inventory.store_status(
+            database,
+            kek_id=kek_id,
+            previous_kek_ids=previous,
+            master_key_problem=problem,
+            dek_max_age_days=settings.dek_max_age_days,
+        )
+    finally:
+        database.close()
+
+
+def rotate_master(
+    settings: Settings | None = None,
+    master_key: MasterKeyProvider | None = None,
+    *,
+    generate: bool = False,
+    retire_previous: bool = False,
+    progress: Progress = NO_PROGRESS,
+) -> rotation.MasterRotation:
+    """Rewrap every data key under the current master key.
+
+    ``generate`` first makes a new current key in the keyring (the old one stays as a
+    previous key); ``retire_previous`` deletes the keyring's previous keys once every data
+    key is wrapped by the current one. Both need the keyring provider: with ``env`` or
+    ``file``, edit the variables or the file instead.
+    """
+    settings = settings if settings is not None else load_settings()
+    provider = master_key if master_key is not None else provider_from_settings(settings)
+    if (generate or retire_previous) and not isinstance(provider, KeyringMasterKey):
+        raise ConfigurationError(
+            "--generate and --retire-previous manage keys in the OS keyring (SECURE_KV_KEY_PROVIDER="
+            "keyring); with env or file, make a key with `secure-kv keygen`, make it current and list "
+            "the old one as previous (SECURE_KV_PREVIOUS_MASTER_KEYS, or a later line of the key file)"
+        )
+    with _open(settings, provider) as store:
+        if generate:
+            assert isinstance(provider, KeyringMasterKey)
+            old = provider.current_key().kek_id
+            new = provider.generate_new_key().kek_id
+            store._record_event("generate_master_key", detail=f"new master key {new}; {old} kept as previous")
+        report = rotation.rotate_master(store, progress=progress)
+        if retire_previous and report.complete:
+            assert isinstance(provider, KeyringMasterKey)
+            retired = [key.kek_id for key in provider.previous_keys()]
+            provider.forget_previous_keys()
+            store._record_event("retire_master_keys", detail=f"deleted previous master keys {retired}")
+        return report
+
+
+def rotate_workspaces(
+    settings: Settings | None = None,
+    master_key: MasterKeyProvider | None = None,
+    *,
+    workspaces: list[str] | None = None,
+    batch_size: int = rotation.DEFAULT_BATCH_RECORDS,
+    progress: Progress = NO_PROGRESS,
+) -> rotation.WorkspaceRotations:
+    """New data key and re-encryption for each of ``workspaces`` (``None``: all of them)."""
+    if batch_size < 1:
+        raise InvalidInputError("the batch size must be at least 1")
+    with _open(settings, master_key) as store:
+        report = rotation.rotate_workspaces(store, workspaces, batch_size=batch_size, progress=progress)
+        store._record_event(
+            "rotate_workspaces",
+            outcome="ok" if not report.failed else "incomplete",
+            detail=f"{len(report.rotations)} rotated ({report.records} records), {len(report.failed)} failed",
+        )
+        return report
+
+
+def shred(
+    workspace: str,
+    settings: Settings | None = None,
+    master_key: MasterKeyProvider | None = None,
+    *,
+    batch_size: int = erasure.DEFAULT_BATCH_RECORDS,
+    progress: Progress = NO_PROGRESS,
+) -> erasure.ShredReport:
+    """Crypto-shred ``workspace`` (see ``erasure.py``): irreversible."""
+    if batch_size < 1:
+        raise InvalidInputError("the batch size must be at least 1")
+    with _open(settings, master_key) as store:
+        return erasure.shred(store, workspace, batch_size=batch_size, progress=progress)
+
+
+def purge(
+    settings: Settings | None = None,
+    master_key: MasterKeyProvider | None = None,
+    *,
+    batch_size: int = erasure.DEFAULT_BATCH_RECORDS,
+    progress: Progress = NO_PROGRESS,
+) -> erasure.PurgeReport:
+    """Delete expired entries; the report says how many, per workspace."""
+    if batch_size < 1:
+        raise InvalidInputError("the batch size must be at least 1")
+    with _open(settings, master_key) as store:
+        report = erasure.purge(store, batch_size=batch_size, progress=progress)
+        store._record_event("purge_complete", detail=f"deleted {report.deleted} expired entries")
+        return report
+
+
+@dataclass(frozen=True)
+class StoredValue:
+    """What :func:`get_value` found. ``value`` is ``None`` for a token read without ``reveal``."""
+
+    category: Category
+    size: int
+    value: bytes | None
+
+    @property
+    def masked(self) -> bool:
+        return self.value is None
+
+
+def get_value(
+    workspace: str,
+    key: str,
+    settings: Settings | None = None,
+    master_key: MasterKeyProvider | None = None,
+    *,
+    reveal: bool = False,
+) -> StoredValue | None:
+    """Read one entry (``None``: missing or expired). A token's bytes are returned only
+    with ``reveal``; the read is audited either way.
+    """
+    with _open(settings, master_key) as store:
+        found = store.workspace(workspace)._read(key)
+        if found is None:
+            store._record_event("get", workspace=workspace, key=key, outcome="missing")
+            return None
+        value, category = found
+        masked = category is Category.TOKEN and not reveal
+        store._record_event(
+            "get",
+            workspace=workspace,
+            key=key,
+            category=category,
+            outcome="masked" if masked else ("revealed" if category is Category.TOKEN else "ok"),
+            detail="operator command",
+        )
+        return StoredValue(category, len(value), None if masked else value)
+
+
+def set_value(
+    workspace: str,
+    key: str,
+    value: bytes,
+    settings: Settings | None = None,
+    master_key: MasterKeyProvider | None = None,
+    *,
+    category: Category | str = Category.PREFERENCE,
+    ttl: float | timedelta | None = None,
+) -> None:
+    """Store ``value`` (from stdin in the CLI, never from its arguments)."""
+    chosen = parse_category(category)
+    with _open(settings, master_key) as store:
+        store.workspace(workspace).set(key, value, category=chosen, ttl=ttl)
+        store._record_event("set", workspace=workspace, key=key, category=chosen, detail="operator command")
+
+
+def delete_value(
+    workspace: str, key: str, settings: Settings | None = None, master_key: MasterKeyProvider | None = None
+) -> bool:
+    """Delete one entry; returns whether it existed (unexpired) before."""
+    with _open(settings, master_key) as store:
+        handle = store.workspace(workspace)
+        existed = handle.exist(key)
+        handle.delete(key)
+        store._record_event(
+            "delete",
+            workspace=workspace,
+            key=key,
+            outcome="ok" if existed else "missing",
+            detail="operator command",
+        )
+        return existed
+
+
+def list_keys(
+    workspace: str, settings: Settings | None = None, master_key: MasterKeyProvider | None = None
+) -> Iterator[inventory.KeyInfo]:
+    """The workspace's keys with their metadata, in bytewise key order; never a value."""
+    name = check_workspace_name(workspace)
+    with _open(settings, master_key) as store:
+        store._record_event("list", workspace=workspace, detail="operator command")
+        yield from inventory.iter_keys(store._db, name)
