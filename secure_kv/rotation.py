@@ -33,9 +33,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .categories import CATEGORY_CODES, Category
+from .categories import CATEGORY_CODES
 from .datakeys import MissingDataKeyError
-from .envelope import HEADER_BYTES, DataKey, record_context, reseal_value, rewrap_data_key
+from .envelope import HEADER_BYTES, DataKey, record_contexts, reseal_value, rewrap_data_key
 from .errors import (
     AuthenticationError,
     InvalidInputError,
@@ -68,7 +68,7 @@ DEFAULT_BATCH_KEYS = 500
 # so a batch holds at most batch size x this much, however large the values grow.
 INLINE_VALUE_BYTES = 16 * 1024
 
-_CATEGORY_BY_VALUE = {category.value: category for category in Category}
+_CODE_BY_VALUE = {category.value: code for category, code in CATEGORY_CODES.items()}
 _d, _r, _w = data_keys.c, records.c, workspaces.c
 
 
@@ -290,7 +290,6 @@ class _Reencryption:
         self.target = target
         self.batch_size = batch_size
         self.resealed = 0
-        self.older = sa.and_(_r.workspace_id == state.workspace_id, _r.dek_version < target.version)
         # Compiled once and run with the driver's executemany: SQLAlchemy's per-row
         # parameter handling would cost more than the cryptography.
         self.update = Statement(
@@ -307,61 +306,79 @@ class _Reencryption:
             # SET before WHERE: SQLite's positional parameters then need no reordering.
             ("b_version", "b_sealed", "b_workspace", "b_key", "b_header"),
         )
-        self.as_bytes = store._db.dialect_name == "mysql"  # PyMySQL cannot send a bytearray
-        self.old_keys: dict[int, DataKey | None] = {}
-
-    def select_batch(self, after: bytes, limit: int) -> sa.Select[Any]:
-        small = sa.case((sa.func.length(_r.value) <= INLINE_VALUE_BYTES, _r.value), else_=sa.null())
-        return (
-            sa.select(_r.record_key, _r.category, _r.dek_version, _r.expires_at, small)
-            .where(self.older, _r.record_key > after)
+        self.select = Statement(
+            sa.select(
+                _r.record_key,
+                _r.category,
+                _r.dek_version,
+                _r.expires_at,
+                sa.case(
+                    (sa.func.length(_r.value) <= sa.literal_column(str(INLINE_VALUE_BYTES)), _r.value),
+                    else_=sa.null(),
+                ),
+            )
+            .where(
+                _r.workspace_id == sa.bindparam("b_workspace"),
+                _r.dek_version < sa.bindparam("b_target"),
+                _r.record_key > sa.bindparam("b_after"),
+            )
             .order_by(_r.record_key)
-            .limit(limit)
+            .limit(sa.bindparam("b_limit"))
+            # Explicit, so SQLite's compiler adds no OFFSET parameter of its own.
+            .offset(sa.literal_column("0")),
+            store._db.engine.dialect,
+            ("b_workspace", "b_target", "b_after", "b_limit"),
+        )
+        self.as_bytes = store._db.dialect_name == "mysql"  # PyMySQL cannot send a bytearray
+        self.old_keys: dict[int, DataKey] = {}
+        self.context = record_contexts(name)
+
+    def select_batch(self, connection: sa.Connection, after: bytes, limit: int) -> list[Any]:
+        """Up to ``limit`` records still under an older version, after key ``after``."""
+        return self.select.fetchall(
+            connection.connection, self.workspace_id, self.target.version, after, limit
         )
 
     def reseal_rows(self, connection: sa.Connection, rows: Sequence[Any]) -> int:
         """Seal ``rows`` again under the target key and write them (if still unchanged)."""
         changes = []
-        target_version = self.target.version
-        for key, category_value, version, expires_at, blob in rows:
+        target, workspace_id, context = self.target, self.workspace_id, self.context
+        for key, category, version, expires_at, blob in rows:
             key = bytes(key)
             if blob is None:  # a large value: fetched on its own
                 blob = connection.execute(
                     sa.select(_r.value).where(
-                        _r.workspace_id == self.workspace_id, _r.record_key == key, _r.dek_version == version
+                        _r.workspace_id == workspace_id, _r.record_key == key, _r.dek_version == version
                     )
                 ).scalar()
                 if blob is None:
                     continue  # deleted or rewritten meanwhile
             blob = bytes(blob)
-            sealed = self.reseal(key, category_value, version, expires_at, blob)
+            code = _CODE_BY_VALUE.get(category)
+            old = self.old_keys.get(version) or self.old_key(key, version)
+            if code is None:
+                raise self.tampered(key)
+            try:
+                sealed = reseal_value(old, target, context(key, code, expires_at), blob)
+            except AuthenticationError:
+                raise self.tampered(key) from None
             if self.as_bytes and not isinstance(sealed, bytes):
                 sealed = bytes(sealed)
-            changes.append((target_version, sealed, self.workspace_id, key, blob[:HEADER_BYTES]))
+            changes.append((target.version, sealed, workspace_id, key, blob[:HEADER_BYTES]))
         if changes:
             self.update.run_many(connection.connection, changes)
         return len(changes)
 
-    def reseal(
-        self, key: bytes, category_value: str, version: int, expires_at: int | None, blob: bytes
-    ) -> Any:
-        category = _CATEGORY_BY_VALUE.get(category_value)
-        if category is None:
-            raise self.tampered(key)
-        if version in self.old_keys:
-            old = self.old_keys[version]
-        else:
-            try:
-                old = self.old_keys[version] = self.keys.version(self.workspace_id, self.name, version)
-            except MissingDataKeyError:
-                raise self.tampered(key) from None
-        if old is None:
-            raise _being_shredded(self.name)
-        context = record_context(self.name, key, CATEGORY_CODES[category], expires_at)
+    def old_key(self, key: bytes, version: int) -> DataKey:
+        """The data key of an older version (cached for the whole rotation)."""
         try:
-            return reseal_value(old, self.target, context, blob)
-        except AuthenticationError:
+            found = self.keys.version(self.workspace_id, self.name, version)
+        except MissingDataKeyError:
             raise self.tampered(key) from None
+        if found is None:
+            raise _being_shredded(self.name)
+        self.old_keys[version] = found
+        return found
 
     def tampered(self, key: bytes) -> AuthenticationError:
         return AuthenticationError(
@@ -376,7 +393,7 @@ class _Reencryption:
         with self.database.connect(lock=True) as connection:
             while True:
                 with connection.begin():
-                    rows = connection.execute(self.select_batch(after, self.batch_size)).all()
+                    rows = self.select_batch(connection, after, self.batch_size)
                     if not rows:
                         return
                     self.resealed += self.reseal_rows(connection, rows)
@@ -389,7 +406,7 @@ class _Reencryption:
 
         def work(connection: sa.Connection) -> bool:
             lock_data_keys(connection, retired)
-            rows = connection.execute(self.select_batch(b"", self.batch_size + 1)).all()
+            rows = self.select_batch(connection, b"", self.batch_size + 1)
             if len(rows) > self.batch_size:
                 return False  # a writer added many: sweep again first
             self.resealed += self.reseal_rows(connection, rows)

@@ -61,6 +61,13 @@ class Statement:
         finally:
             cursor.close()
 
+    def fetchall(self, connection: PoolProxiedConnection, *values: Any) -> list[Any]:
+        cursor = self.execute(connection, *values)
+        try:
+            return list(cursor.fetchall())
+        finally:
+            cursor.close()
+
     def run(self, connection: PoolProxiedConnection, *values: Any) -> int:
         """Execute and return the affected row count."""
         cursor = self.execute(connection, *values)
