@@ -132,17 +132,19 @@ def rotate_master(
     database = store._db
     live = _d.wrapped.isnot(None)
     pending = sa.and_(live, _d.kek_id != current.kek_id)
-    rewrap = (
+    # A compare-and-set: the row is rewritten only if it still holds what was read (not
+    # shredded, retired or rewrapped by another run meanwhile).
+    rewrap = Statement(
         sa.update(data_keys)
         .where(
             _d.workspace_id == sa.bindparam("b_workspace"),
             _d.version == sa.bindparam("b_version"),
             _d.kek_id == sa.bindparam("b_old_kek"),
-            _d.wrapped == sa.bindparam("b_old_wrapped", type_=sa.LargeBinary()),
+            _d.wrapped == sa.bindparam("b_old_wrapped"),
         )
-        .values(
-            kek_id=sa.bindparam("b_new_kek"), wrapped=sa.bindparam("b_new_wrapped", type_=sa.LargeBinary())
-        )
+        .values(kek_id=sa.bindparam("b_new_kek"), wrapped=sa.bindparam("b_new_wrapped")),
+        database.engine.dialect,
+        ("b_new_kek", "b_new_wrapped", "b_workspace", "b_version", "b_old_kek", "b_old_wrapped"),
     )
     failures: list[DataKeyFailure] = []
     rewrapped = 0
@@ -185,17 +187,15 @@ def rotate_master(
                     except (AuthenticationError, UnsupportedVersionError) as error:
                         failures.append(DataKeyFailure(shown, version, kek_id, str(error)))
                         continue
-                    changed = connection.execute(
-                        rewrap,
-                        {
-                            "b_workspace": workspace_id,
-                            "b_version": version,
-                            "b_old_kek": kek_id,
-                            "b_old_wrapped": bytes(wrapped),
-                            "b_new_kek": current.kek_id,
-                            "b_new_wrapped": new_wrapped,
-                        },
-                    ).rowcount
+                    changed = rewrap.run(
+                        connection.connection,
+                        current.kek_id,
+                        new_wrapped,
+                        workspace_id,
+                        version,
+                        kek_id,
+                        bytes(wrapped),
+                    )
                     if changed:  # else shredded, retired or rewrapped meanwhile: nothing to do
                         rewrapped += 1
                         store._record_event(
