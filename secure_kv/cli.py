@@ -425,12 +425,12 @@ def rotate_workspace(
                 f"{', '.join(f'v{v}' for v in rotation.from_versions) or 'nothing'}; "
                 f"{rotation.records} record(s) re-encrypted in {rotation.seconds:.1f} s ({rate:,.0f}/s)"
             )
-        for name, reason in report.failed:
-            click.echo(f"failed: {name}: {reason}", err=True)
     if report.failed:
-        if len(report.failed) == 1 and not all_workspaces:
+        if not all_workspaces:  # one workspace: its reason is the one line
             click.echo(f"error: {report.failed[0][1]}", err=True)
         else:
+            for name, reason in report.failed:
+                click.echo(f"failed: {name}: {reason}", err=True)
             click.echo(f"error: {len(report.failed)} workspace(s) could not be rotated (see above)", err=True)
         sys.exit(1)
 

@@ -360,8 +360,21 @@ def delete_value(
 def list_keys(
     workspace: str, settings: Settings | None = None, master_key: MasterKeyProvider | None = None
 ) -> Iterator[inventory.KeyInfo]:
-    """The workspace's keys with their metadata, in bytewise key order; never a value."""
+    """The workspace's keys with their metadata, in bytewise key order; never a value.
+
+    The store is opened (and any error raised) before this returns; it is closed when the
+    iterator is exhausted or closed.
+    """
     name = check_workspace_name(workspace)
-    with _open(settings, master_key) as store:
+    store = _open(settings, master_key)
+    try:
         store._record_event("list", workspace=workspace, detail="operator command")
-        yield from inventory.iter_keys(store._db, name)
+    except BaseException:
+        store.close()
+        raise
+    return _closing(store, inventory.iter_keys(store._db, name))
+
+
+def _closing(store: SecureStore, items: Iterator[inventory.KeyInfo]) -> Iterator[inventory.KeyInfo]:
+    with store:
+        yield from items

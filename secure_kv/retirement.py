@@ -71,18 +71,20 @@ def retire_when_unreferenced(
 
     ``finish`` returns ``False`` when too many stragglers remain for one transaction (sweep
     again at once) and ``None`` when the delete was refused (sweep again after a pause). A
-    writer moves off a retired key within its cache age, so if the delete keeps failing for
-    ``patience`` seconds, ``stuck()`` is raised; running the operation again resumes it.
+    writer moves off a retired key within its cache age, so if ``finish`` still fails
+    ``patience`` seconds after the first sweep, ``stuck()`` is raised; running the
+    operation again resumes it.
     """
+    sweep()
     deadline = time.monotonic() + patience
     pause = _FIRST_PAUSE_SECONDS
     while True:
-        sweep()
         outcome = finish()
         if outcome:
             return
+        if time.monotonic() > deadline:
+            raise stuck()
         if outcome is None:
-            if time.monotonic() > deadline:
-                raise stuck()
             time.sleep(pause)
             pause = min(pause * 2, _LONGEST_PAUSE_SECONDS)
+        sweep()
