@@ -338,6 +338,7 @@ def rotate_master(generate: bool, retire_previous: bool, output_format: str) -> 
 
     Example:
 
+    \b
         SECURE_KV_KEY_PROVIDER=env SECURE_KV_MASTER_KEY="$NEW" \\
         SECURE_KV_PREVIOUS_MASTER_KEYS="$OLD" secure-kv rotate master
     """
@@ -392,6 +393,7 @@ def rotate_workspace(
 
     Example:
 
+    \b
         secure-kv rotate workspace tenant-42:my-plugin
         secure-kv rotate workspace --all --format json
     """
@@ -414,6 +416,8 @@ def rotate_workspace(
             }
         )
     else:
+        if not report.rotations and not report.failed:
+            click.echo("no workspace has a data key yet: nothing to rotate")
         for rotation in report.rotations:
             if rotation.to_version is None:
                 click.echo(f"{rotation.workspace}: no data key yet, nothing to rotate")
@@ -449,6 +453,7 @@ def purge(batch_size: int, output_format: str) -> None:
 
     Example:
 
+    \b
         # crontab: every hour
         0 * * * *  secure-kv purge --format json >> /var/log/secure-kv-purge.log
     """
@@ -517,6 +522,7 @@ def get_command(workspace: str, key: str, reveal: bool, as_base64: bool) -> None
 
     Example:
 
+    \b
         secure-kv get tenant-42:my-plugin user_name
         secure-kv get tenant-42:my-plugin openai --reveal --base64
     """

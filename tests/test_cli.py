@@ -299,6 +299,10 @@ def test_rotating_an_unknown_workspace_fails_in_one_line(sqlite_cli: Cli) -> Non
 
 
 def test_rotate_all_and_purge_report_in_text(sqlite_cli: Cli) -> None:
+    assert (
+        sqlite_cli("rotate", "workspace", "--all").output
+        == "no workspace has a data key yet: nothing to rotate\n"
+    )
     sqlite_cli("set", "a", "k", input=b"1")
     sqlite_cli("set", "b", "k", input=b"2")
     output = sqlite_cli("rotate", "workspace", "--all").output
