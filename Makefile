@@ -29,6 +29,7 @@ fuzz: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_ops.py
+	$(BIN)/python bench/bench_rotation.py
 
 bench-audit: $(STAMP)
 	$(BIN)/python bench/bench_audit.py

@@ -1,52 +1,58 @@
 """Admin operations as plain typed functions; ``cli.py`` is a thin layer over them.
 
-Everything the CLI does is scriptable from Python and testable without a subprocess.
+Everything the CLI does is scriptable from Python and testable without a subprocess. Each
+function takes the settings (``None``: read ``SECURE_KV_*``) and optionally a master-key
+provider (``None``: the one the settings name), opens the store, does one job, reports it
+to the audit hook, and closes the store. The work itself lives in ``rotation.py``,
+``erasure.py`` and ``inventory.py``.
 """
 
 from __future__ import annotations
 
-import csv
-import json
-import logging
 import os
 import sqlite3
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
-from typing import Any, TextIO
 
-import sqlalchemy as sa
-
-from .audit_admin import Anchor, PruneReport, iter_events, prune, take_anchor
-from .audit_verify import Progress, VerifyReport, verify
-from .categories import Category
+from . import erasure, inventory, rotation
+from .audit_commands import audit_anchor, audit_log, audit_prune, audit_report, audit_verify
+from .categories import Category, parse_category
 from .database import Database, safe_url
 from .datakeys import check_master_key
-from .errors import AuthenticationError, MasterKeyError
+from .errors import AuthenticationError, ConfigurationError, InvalidInputError, SecureKVError
 from .keys import KeyringMasterKey, MasterKeyProvider, StaticMasterKey, provider_from_settings
 from .keys.base import generate_master_key
 from .migrate import ensure_schema, head_revision, upgrade_schema
-from .report import REPORT_FIELDS, ReportSummary, iter_report
-from .schema import records, workspaces
+from .progress import NO_PROGRESS, Progress
 from .settings import Settings, load_settings
 from .store import SecureStore
+from .validation import check_workspace_name
 
 __all__ = [
     "DemoReport",
     "InitReport",
+    "StoredValue",
     "audit_anchor",
     "audit_log",
     "audit_prune",
     "audit_report",
     "audit_verify",
+    "delete_value",
     "demo",
+    "get_value",
     "init",
     "keygen",
+    "list_keys",
+    "purge",
+    "rotate_master",
+    "rotate_workspaces",
+    "set_value",
+    "shred",
+    "status",
 ]
-
-log = logging.getLogger("secure_kv.commands")
 
 
 def keygen() -> str:
@@ -154,178 +160,227 @@ def demo(directory: str | os.PathLike[str] | None = None) -> DemoReport:
         return report
 
 
-# --- audit ------------------------------------------------------------------------------
+def _open(settings: Settings | None, master_key: MasterKeyProvider | None) -> SecureStore:
+    """The store for an admin command: an existing schema only (``init`` creates one)."""
+    settings = settings if settings is not None else load_settings()
+    return SecureStore._open_with(settings, master_key, create_schema=False)
 
-RowCounter = Callable[[int], None]
 
-
-def _provider_or_none(settings: Settings, given: MasterKeyProvider | None) -> MasterKeyProvider | None:
-    if given is not None:
-        return given
+def status(
+    settings: Settings | None = None, master_key: MasterKeyProvider | None = None
+) -> inventory.StoreStatus:
+    """Master keys, workspaces, data-key versions with their record counts, rotations due
+    or under way. Works without the master key (it then says why the key is unavailable).
+    """
+    settings = settings if settings is not None else load_settings()
+    kek_id: str | None = None
+    previous: tuple[str, ...] = ()
+    problem: str | None = None
     try:
-        return provider_from_settings(settings)
-    except MasterKeyError:
-        return None
-
-
-@contextmanager
-def _read_only(settings: Settings) -> Iterator[Database]:
+        provider = master_key if master_key is not None else provider_from_settings(settings)
+        kek_id = provider.current_key().kek_id
+        previous = tuple(key.kek_id for key in provider.previous_keys())
+    except SecureKVError as error:
+        problem = str(error)
     database = Database(settings.database_url, settings)
     try:
         ensure_schema(database, create=False)
-        yield database
+        return inventory.store_status(
+            database,
+            kek_id=kek_id,
+            previous_kek_ids=previous,
+            master_key_problem=problem,
+            dek_max_age_days=settings.dek_max_age_days,
+        )
     finally:
         database.close()
 
 
-def _record_admin(settings: Settings, provider: MasterKeyProvider | None, action: str, detail: str) -> None:
-    """Record an admin command that needs no master key; without one, log that it was not."""
-    if provider is None:
-        log.warning("%s (%s) not recorded in the audit log: no master key to sign with", action, detail)
-        return
-    with SecureStore.open(settings.database_url, master_key=provider) as store:
-        store._record_event(action, detail=detail)
-
-
-def _count(database: Database, table: sa.Table, where: Any = None) -> int:
-    query = sa.select(sa.func.count()).select_from(table)
-    if where is not None:
-        query = query.where(where)
-    with database.connect() as connection:
-        return int(connection.execute(query).scalar_one())
-
-
-def audit_report(
-    out: TextIO,
-    *,
+def rotate_master(
     settings: Settings | None = None,
-    fmt: str = "json",
-    workspace: str | None = None,
     master_key: MasterKeyProvider | None = None,
-    on_total: RowCounter | None = None,
-    on_row: RowCounter | None = None,
-) -> ReportSummary:
-    """Write one row per record (JSON array or CSV) to ``out``, streamed; never a value.
+    *,
+    generate: bool = False,
+    retire_previous: bool = False,
+    progress: Progress = NO_PROGRESS,
+) -> rotation.MasterRotation:
+    """Rewrap every data key under the current master key.
 
-    Needs no master key; with one, the report is recorded in the audit log first.
+    ``generate`` first makes a new current key in the keyring (the old one stays as a
+    previous key); ``retire_previous`` deletes the keyring's previous keys once every data
+    key is wrapped by the current one. Both need the keyring provider: with ``env`` or
+    ``file``, edit the variables or the file instead.
     """
     settings = settings if settings is not None else load_settings()
-    if fmt not in ("json", "csv"):
-        raise ValueError("format must be json or csv")
-    provider = _provider_or_none(settings, master_key)
-    _record_admin(settings, provider, "audit.report", f"format {fmt}, workspace {workspace or 'all'}")
-    summary = ReportSummary()
-    with _read_only(settings) as database:
-        if on_total is not None:
-            where = None
-            if workspace is not None:
-                where = records.c.workspace_id.in_(
-                    sa.select(workspaces.c.id).where(workspaces.c.name == workspace.encode("utf-8"))
-                )
-            on_total(_count(database, records, where))
-        rows = iter_report(database, summary, workspace=workspace, max_age_days=settings.dek_max_age_days)
-        if fmt == "csv":
-            writer = csv.DictWriter(out, fieldnames=REPORT_FIELDS, lineterminator="\n")
-            writer.writeheader()
-            for number, row in enumerate(rows, 1):
-                writer.writerow(row)
-                if on_row is not None and number % 1000 == 0:
-                    on_row(number)
-        else:
-            _write_json_array(out, rows, on_row)
-    if on_row is not None:
-        on_row(summary.records)
-    return summary
+    provider = master_key if master_key is not None else provider_from_settings(settings)
+    if (generate or retire_previous) and not isinstance(provider, KeyringMasterKey):
+        raise ConfigurationError(
+            "--generate and --retire-previous manage keys in the OS keyring (SECURE_KV_KEY_PROVIDER="
+            "keyring); with env or file, make a key with `secure-kv keygen`, make it current and list "
+            "the old one as previous (SECURE_KV_PREVIOUS_MASTER_KEYS, or a later line of the key file)"
+        )
+    with _open(settings, provider) as store:
+        if generate:
+            assert isinstance(provider, KeyringMasterKey)
+            old = provider.current_key().kek_id
+            new = provider.generate_new_key().kek_id
+            store._record_event("generate_master_key", detail=f"new master key {new}; {old} kept as previous")
+        report = rotation.rotate_master(store, progress=progress)
+        if retire_previous and report.complete:
+            assert isinstance(provider, KeyringMasterKey)
+            retired = [key.kek_id for key in provider.previous_keys()]
+            provider.forget_previous_keys()
+            store._record_event("retire_master_keys", detail=f"deleted previous master keys {retired}")
+        return report
 
 
-def _write_json_array(out: TextIO, rows: Iterator[dict[str, Any]], on_row: RowCounter | None) -> int:
-    out.write("[")
-    number = 0
-    for number, row in enumerate(rows, 1):
-        out.write(",\n  " if number > 1 else "\n  ")
-        out.write(json.dumps(row, ensure_ascii=False))
-        if on_row is not None and number % 1000 == 0:
-            on_row(number)
-    out.write("\n]\n" if number else "]\n")
-    return number
-
-
-def audit_verify(
-    *,
+def rotate_workspaces(
     settings: Settings | None = None,
-    anchor: str | None = None,
-    chain_only: bool = False,
     master_key: MasterKeyProvider | None = None,
-    progress: Progress | None = None,
-) -> VerifyReport:
-    """Authenticate every record and data key and walk the audit chain.
+    *,
+    workspaces: list[str] | None = None,
+    batch_size: int = rotation.DEFAULT_BATCH_RECORDS,
+    progress: Progress = NO_PROGRESS,
+) -> rotation.WorkspaceRotations:
+    """New data key and re-encryption for each of ``workspaces`` (``None``: all of them)."""
+    if batch_size < 1:
+        raise InvalidInputError("the batch size must be at least 1")
+    with _open(settings, master_key) as store:
+        report = rotation.rotate_workspaces(store, workspaces, batch_size=batch_size, progress=progress)
+        store._record_event(
+            "rotate_workspaces",
+            outcome="ok" if not report.failed else "incomplete",
+            detail=f"{len(report.rotations)} rotated ({report.records} records), {len(report.failed)} failed",
+        )
+        return report
 
-    ``chain_only`` checks the chain alone, with the public keys and no secret (an auditor).
-    Otherwise the master key is required.
+
+def shred(
+    workspace: str,
+    settings: Settings | None = None,
+    master_key: MasterKeyProvider | None = None,
+    *,
+    batch_size: int = erasure.DEFAULT_BATCH_RECORDS,
+    progress: Progress = NO_PROGRESS,
+) -> erasure.ShredReport:
+    """Crypto-shred ``workspace`` (see ``erasure.py``): irreversible."""
+    if batch_size < 1:
+        raise InvalidInputError("the batch size must be at least 1")
+    with _open(settings, master_key) as store:
+        return erasure.shred(store, workspace, batch_size=batch_size, progress=progress)
+
+
+def purge(
+    settings: Settings | None = None,
+    master_key: MasterKeyProvider | None = None,
+    *,
+    batch_size: int = erasure.DEFAULT_BATCH_RECORDS,
+    progress: Progress = NO_PROGRESS,
+) -> erasure.PurgeReport:
+    """Delete expired entries; the report says how many, per workspace."""
+    if batch_size < 1:
+        raise InvalidInputError("the batch size must be at least 1")
+    with _open(settings, master_key) as store:
+        report = erasure.purge(store, batch_size=batch_size, progress=progress)
+        store._record_event("purge_complete", detail=f"deleted {report.deleted} expired entries")
+        return report
+
+
+@dataclass(frozen=True)
+class StoredValue:
+    """What :func:`get_value` found. ``value`` is ``None`` for a token read without ``reveal``."""
+
+    category: Category
+    size: int
+    value: bytes | None
+
+    @property
+    def masked(self) -> bool:
+        return self.value is None
+
+
+def get_value(
+    workspace: str,
+    key: str,
+    settings: Settings | None = None,
+    master_key: MasterKeyProvider | None = None,
+    *,
+    reveal: bool = False,
+) -> StoredValue | None:
+    """Read one entry (``None``: missing or expired). A token's bytes are returned only
+    with ``reveal``; the read is audited either way.
     """
-    settings = settings if settings is not None else load_settings()
-    provider: MasterKeyProvider | None = None
-    if not chain_only:
-        provider = master_key if master_key is not None else provider_from_settings(settings)
-        _record_admin(settings, provider, "audit.verify", f"anchor {'given' if anchor else 'none'}")
-    with _read_only(settings) as database:
-        return verify(database, provider, anchor=anchor, progress=progress)
+    with _open(settings, master_key) as store:
+        found = store.workspace(workspace)._read(key)
+        if found is None:
+            store._record_event("get", workspace=workspace, key=key, outcome="missing")
+            return None
+        value, category = found
+        masked = category is Category.TOKEN and not reveal
+        store._record_event(
+            "get",
+            workspace=workspace,
+            key=key,
+            category=category,
+            outcome="masked" if masked else ("revealed" if category is Category.TOKEN else "ok"),
+            detail="operator command",
+        )
+        return StoredValue(category, len(value), None if masked else value)
 
 
-def audit_log(
-    out: TextIO,
-    *,
+def set_value(
+    workspace: str,
+    key: str,
+    value: bytes,
     settings: Settings | None = None,
-    fmt: str = "text",
-    workspace: str | None = None,
-    since: int | None = None,
     master_key: MasterKeyProvider | None = None,
-) -> int:
-    """Write the audit events (oldest first) as text lines or a JSON array; return how many."""
-    settings = settings if settings is not None else load_settings()
-    if fmt not in ("json", "text"):
-        raise ValueError("format must be json or text")
-    provider = _provider_or_none(settings, master_key)
-    _record_admin(settings, provider, "audit.log", f"workspace {workspace or 'all'}")
-    with _read_only(settings) as database:
-        events = iter_events(database, workspace=workspace, since=since)
-        if fmt == "json":
-            return _write_json_array(out, events, None)
-        count = 0
-        for event in events:
-            out.write(format_event(event) + "\n")
-            count += 1
-        return count
+    *,
+    category: Category | str = Category.PREFERENCE,
+    ttl: float | timedelta | None = None,
+) -> None:
+    """Store ``value`` (from stdin in the CLI, never from its arguments)."""
+    chosen = parse_category(category)
+    with _open(settings, master_key) as store:
+        store.workspace(workspace).set(key, value, category=chosen, ttl=ttl)
+        store._record_event("set", workspace=workspace, key=key, category=chosen, detail="operator command")
 
 
-def format_event(event: dict[str, Any]) -> str:
-    """One event as a line of text."""
-    where = ""
-    if event["workspace"] is not None:
-        where = event["workspace"] + ("/" + event["key"] if event["key"] is not None else "")
-    extra = []
-    if event["category"]:
-        extra.append(event["category"])
-    if event["dek_version"] is not None:
-        extra.append(f"dek v{event['dek_version']}")
-    parts = [event["time"], event["actor"], event["action"], where, f"[{', '.join(extra)}]" if extra else ""]
-    parts.append(event["outcome"])
-    if event["detail"]:
-        parts.append(f"({event['detail']})")
-    return " ".join(part for part in parts if part)
+def delete_value(
+    workspace: str, key: str, settings: Settings | None = None, master_key: MasterKeyProvider | None = None
+) -> bool:
+    """Delete one entry; returns whether it existed (unexpired) before."""
+    with _open(settings, master_key) as store:
+        handle = store.workspace(workspace)
+        existed = handle.exist(key)
+        handle.delete(key)
+        store._record_event(
+            "delete",
+            workspace=workspace,
+            key=key,
+            outcome="ok" if existed else "missing",
+            detail="operator command",
+        )
+        return existed
 
 
-def audit_anchor(*, settings: Settings | None = None, master_key: MasterKeyProvider | None = None) -> Anchor:
-    """Record the heads of every chain and return the anchor to keep outside the database."""
-    settings = settings if settings is not None else load_settings()
-    with SecureStore.open(settings.database_url, master_key=master_key) as store:
-        return take_anchor(store)
+def list_keys(
+    workspace: str, settings: Settings | None = None, master_key: MasterKeyProvider | None = None
+) -> Iterator[inventory.KeyInfo]:
+    """The workspace's keys with their metadata, in bytewise key order; never a value.
+
+    The store is opened (and any error raised) before this returns; it is closed when the
+    iterator is exhausted or closed.
+    """
+    name = check_workspace_name(workspace)
+    store = _open(settings, master_key)
+    try:
+        store._record_event("list", workspace=workspace, detail="operator command")
+    except BaseException:
+        store.close()
+        raise
+    return _closing(store, inventory.iter_keys(store._db, name))
 
 
-def audit_prune(
-    before: int, *, settings: Settings | None = None, master_key: MasterKeyProvider | None = None
-) -> PruneReport:
-    """Remove events older than ``before`` (µs since the epoch), leaving the rest verifiable."""
-    settings = settings if settings is not None else load_settings()
-    with SecureStore.open(settings.database_url, master_key=master_key) as store:
-        return prune(store, before)
+def _closing(store: SecureStore, items: Iterator[inventory.KeyInfo]) -> Iterator[inventory.KeyInfo]:
+    with store:
+        yield from items

@@ -38,6 +38,12 @@ _DRIVERS = {
 }
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
 CONNECT_TIMEOUT_SECONDS = 10
+# Errors after which the server rolled the statement back and running it again may succeed:
+# PostgreSQL deadlock / serialization failure (SQLSTATE), MySQL/MariaDB deadlock / lock wait
+# timeout (error codes). Foreign keys make writers and a rotation's final transaction lock
+# the same data-key rows, so the server may pick a writer as a deadlock victim.
+_TRANSIENT_SQLSTATES = frozenset({"40P01", "40001"})
+_TRANSIENT_MYSQL_CODES = frozenset({1205, 1213})
 # Below MySQL's default wait_timeout and typical load-balancer idle timeouts.
 POOL_RECYCLE_SECONDS = 1800
 # Statements carrying values below this size cannot reach any sane max_allowed_packet.
@@ -187,7 +193,8 @@ class Database:
 
         If the connection turns out to be dead (server restarted, backend killed), the pool
         is refreshed and ``work`` runs once more when ``retry`` is true, so only idempotent
-        work may ask for it. Any other driver error becomes :class:`StorageError`, except
+        work may ask for it; the same goes for a statement the server rolled back as a
+        deadlock victim. Any other driver error becomes :class:`StorageError`, except
         integrity errors, which the caller handles.
         """
         attempts = 2 if retry else 1
@@ -217,6 +224,8 @@ class Database:
                         f"lost the connection to {safe_url(self.url)}: {_first_line(error)}"
                     ) from None
                 self._end_failed(connection)
+                if self.is_transient(error) and attempt + 1 < attempts:
+                    continue
                 raise StorageError(f"database error on {safe_url(self.url)}: {_first_line(error)}") from None
             except BaseException:
                 self._end_failed(connection)
@@ -247,6 +256,19 @@ class Database:
                 "server (for example SET GLOBAL max_allowed_packet=268435456 and the same in "
                 "my.cnf; see docs/databases.md) or lower SECURE_KV_MAX_VALUE_BYTES"
             )
+
+    def is_transient(self, error: BaseException) -> bool:
+        """Whether the server rolled back ``error``'s statement over a lock conflict
+        (deadlock, serialization failure, lock wait timeout), so running it again may work.
+        Accepts a DBAPI error or SQLAlchemy's wrapper of one.
+        """
+        orig = getattr(error, "orig", None) or error
+        if self.dialect_name == "postgresql":
+            return getattr(orig, "sqlstate", None) in _TRANSIENT_SQLSTATES
+        if self.dialect_name == "mysql":
+            args: tuple[Any, ...] = getattr(orig, "args", ())
+            return bool(args) and args[0] in _TRANSIENT_MYSQL_CODES
+        return False
 
     @staticmethod
     def _end_failed(connection: PoolProxiedConnection) -> None:

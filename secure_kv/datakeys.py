@@ -7,7 +7,10 @@ racers end up using the same key; a crash between the steps leaves nothing unrea
 
 Unwrapped keys are cached per process, bounded in number (``SECURE_KV_DEK_CACHE_SIZE``) and
 in age (``SECURE_KV_DEK_CACHE_SECONDS``). The age bound is also how long a process keeps
-writing with a workspace's previous key after a rotation.
+writing with a workspace's previous key after a rotation. Nothing relies on it for safety:
+a record names its key version through a foreign key, so once a rotation or shred deleted
+that version's row, the database refuses a stale writer's record (``Workspace.set`` then
+reloads the key and writes again).
 """
 
 from __future__ import annotations
@@ -28,13 +31,19 @@ from .statements import Statements
 if TYPE_CHECKING:
     from .audit import AuditLog
 
-__all__ = ["DataKeys", "check_master_key", "now_micros"]
+__all__ = ["DataKeys", "MissingDataKeyError", "check_master_key", "now_micros"]
 
 _MAX_CREATE_ATTEMPTS = 8
 
 
 def now_micros() -> int:
     return time.time_ns() // 1000
+
+
+class MissingDataKeyError(AuthenticationError):
+    """A record names a data-key version that has no row: altered, or (read just before a
+    rotation retired that version) stale. ``Workspace.get`` reads the record again once.
+    """
 
 
 class _BoundedCache:
@@ -71,6 +80,11 @@ class _BoundedCache:
     def discard(self, key: Any) -> None:
         with self._lock:
             self._entries.pop(key, None)
+
+    def discard_where(self, predicate: Any) -> None:
+        with self._lock:
+            for key in [key for key in self._entries if predicate(key)]:
+                del self._entries[key]
 
     def clear(self) -> None:
         with self._lock:
@@ -130,6 +144,11 @@ class DataKeys:
         """Drop the cached current key, so the next write re-reads it (after a rotation)."""
         self._current.discard(name)
 
+    def forget_workspace(self, name: bytes, workspace_id: int) -> None:
+        """Drop every cached key of one workspace (its keys were just destroyed)."""
+        self._current.discard(name)
+        self._versions.discard_where(lambda entry: entry[0] == workspace_id)
+
     def version(self, workspace_id: int, name: bytes, version: int) -> DataKey | None:
         """The data key of one version, for opening records; ``None`` if it was destroyed."""
         found = self._versions.get((workspace_id, version))
@@ -137,7 +156,7 @@ class DataKeys:
             return found  # type: ignore[no-any-return]
         row = self._db.run(lambda c: self._sql.select_data_key.fetchone(c, workspace_id, version))
         if row is None:
-            raise AuthenticationError(
+            raise MissingDataKeyError(
                 f"a record of workspace {_show(name)} names data key version {version}, "
                 "which does not exist: the record was altered"
             )
@@ -230,15 +249,17 @@ def _show(name: bytes) -> str:
 def check_master_key(database: Database, provider: MasterKeyProvider) -> None:
     """Refuse a master key that wrapped none of the store's data keys: a wrong key.
 
-    Told apart from tampering by the public ``kek_id`` every wrapped key records. Both
-    queries are index lookups, whatever the number of workspaces.
+    Told apart from tampering by the public ``kek_id`` every wrapped key records. Keys
+    destroyed by a shred (``wrapped`` NULL) do not count: they need no master key. Both
+    queries stop at the first row found.
     """
     ids = [key.kek_id for key in provider.all_keys()]
     column = data_keys.c.kek_id
+    live = data_keys.c.wrapped.isnot(None)
     with database.connect() as connection, connection.begin():
-        if connection.execute(sa.select(column).where(column.in_(ids)).limit(1)).first():
+        if connection.execute(sa.select(column).where(column.in_(ids), live).limit(1)).first():
             return
-        foreign = connection.execute(sa.select(column).limit(1)).scalar()
+        foreign = connection.execute(sa.select(column).where(live).limit(1)).scalar()
     # Another process may have created a data key under our key between the two queries.
     if foreign is not None and foreign not in ids:
         raise MasterKeyError(

@@ -46,8 +46,10 @@ workspaces = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("name", NameBytes, nullable=False, unique=True),
-    # Highest data-key version ever allocated here. Versions are never reused, even after a
-    # shred deletes every data key, so a cached (workspace, version) always means one key.
+    # Highest data-key version ever allocated here: the pointer to the current key, moved
+    # only forward by compare-and-set. Versions are never reused, even after a shred deleted
+    # every data key (the workspace row stays), so a cached (workspace, version) always means
+    # one key.
     sa.Column("last_dek_version", sa.Integer, nullable=False),
     sa.Column("created_at", Micros, nullable=False),
 )
@@ -58,7 +60,10 @@ data_keys = sa.Table(
     sa.Column("workspace_id", sa.Integer, sa.ForeignKey("skv_workspaces.id"), primary_key=True),
     sa.Column("version", sa.Integer, primary_key=True),
     sa.Column("kek_id", sa.String(64), nullable=False, index=True),
-    # NULL once destroyed by a shred: the key material is gone while records still point here.
+    # NULL once destroyed by a shred. Shredding sets every key of the workspace to NULL in
+    # one transaction (its data is unreadable from then on), deletes the records in batches,
+    # then deletes these rows, which the foreign key below allows only once no record (not
+    # even one a process with a cached key wrote meanwhile) still names them.
     sa.Column(
         "wrapped", sa.LargeBinary().with_variant(mysql.VARBINARY(255), "mysql", "mariadb"), nullable=True
     ),
@@ -78,7 +83,8 @@ records = sa.Table(
     sa.Column("expires_at", Micros, nullable=True),
     sa.Column("value", SealedBytes, nullable=False),
     # The database itself refuses a record sealed under a data key that no longer exists:
-    # a process still caching a retired key cannot write a record nobody could read.
+    # a process still caching a retired key cannot write a record nobody could read. A
+    # rotation or shred deletes a key row only when this allows it (see retirement.py).
     sa.ForeignKeyConstraint(
         ["workspace_id", "dek_version"],
         ["skv_data_keys.workspace_id", "skv_data_keys.version"],

@@ -61,11 +61,27 @@ class Statement:
         finally:
             cursor.close()
 
+    def fetchall(self, connection: PoolProxiedConnection, *values: Any) -> list[Any]:
+        cursor = self.execute(connection, *values)
+        try:
+            return list(cursor.fetchall())
+        finally:
+            cursor.close()
+
     def run(self, connection: PoolProxiedConnection, *values: Any) -> int:
         """Execute and return the affected row count."""
         cursor = self.execute(connection, *values)
         try:
             return int(cursor.rowcount)
+        finally:
+            cursor.close()
+
+    def run_many(self, connection: PoolProxiedConnection, rows: Sequence[Sequence[Any]]) -> None:
+        """Execute once per row of values (the driver's ``executemany``)."""
+        cursor = connection.cursor()
+        try:
+            arguments: Any = [self.arguments(values) for values in rows]
+            cursor.executemany(self.sql, arguments)
         finally:
             cursor.close()
 

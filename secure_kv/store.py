@@ -16,7 +16,7 @@ from .audit import AuditLog, refused
 from .categories import CATEGORY_CODES, Category, parse_category
 from .credentials import find_credential
 from .database import Database, safe_url
-from .datakeys import DataKeys, check_master_key, now_micros
+from .datakeys import DataKeys, MissingDataKeyError, check_master_key, now_micros
 from .envelope import HEADER_BYTES, open_value, parse_header, record_context, seal_value
 from .errors import (
     AuthenticationError,
@@ -90,11 +90,20 @@ class SecureStore:
                 f"StaticMasterKey(key)), not {type(master_key).__name__}"
             )
         settings = load_settings(database_url=url, **options)
+        return cls._open_with(settings, master_key)
+
+    @classmethod
+    def _open_with(
+        cls, settings: Settings, master_key: MasterKeyProvider | None = None, *, create_schema: bool = True
+    ) -> SecureStore:
+        """Open with settings already loaded (the admin commands). ``create_schema=False``
+        refuses a database without the schema instead of creating it.
+        """
         provider = master_key if master_key is not None else provider_from_settings(settings)
         provider.current_key()  # fail now, not on the first write, if the key is unavailable
         database = Database(settings.database_url, settings)
         try:
-            ensure_schema(database, create=True)
+            ensure_schema(database, create=create_schema)
             check_master_key(database, provider)
         except MasterKeyError as error:
             database.close()
@@ -322,6 +331,11 @@ class Workspace:
         read of a token is recorded in the audit log; if its event cannot be written the
         read fails (:class:`StorageError`) and the value is not returned.
         """
+        found = self._read(key)
+        return None if found is None else found[0]
+
+    def _read(self, key: str) -> tuple[bytes, Category] | None:
+        """The value and its category, read from one row (the CLI masks tokens by it)."""
         key_bytes = check_key(key)
         store = self._store
         store._check_open()
@@ -330,21 +344,32 @@ class Workspace:
             return None
         statement = store._sql.select_record
 
-        def read(connection: Any) -> tuple[bool, bytes | None]:
+        def read(connection: Any) -> tuple[bool, tuple[bytes, Category] | None]:
             row = statement.fetchone(connection, workspace_id, key_bytes)
             if row is None:
                 return True, None
-            value = self._open(key, key_bytes, workspace_id, row)
-            if value is None or row[0] != _TOKEN:
-                return True, value
+            found = self._open(key, key_bytes, workspace_id, row)
+            if found is None or row[0] != _TOKEN:
+                return True, found
             # A token: its event goes out on the same connection, and only if the record
             # is still the one just read; otherwise read again.
-            return self._audit_token_read(connection, key, key_bytes, workspace_id, row), value
+            return self._audit_token_read(connection, key, key_bytes, workspace_id, row), found
 
+        missing_key_seen = False
         for _ in range(_CHANGED_RETRIES):
-            done, value = store._db.run(read)
+            try:
+                done, found = store._db.run(read)
+            except MissingDataKeyError as error:
+                # A rotation may have re-encrypted the record and retired the key version it
+                # named between our two queries: read the row again. Only a record that
+                # still names a missing version was altered.
+                if missing_key_seen:
+                    self._record_auth_failure(key_bytes, None, None, error)
+                    raise AuthenticationError(f"cannot open {self._describe(key)}: {error}") from None
+                missing_key_seen = True
+                continue
             if done:
-                return value
+                return found
         raise StorageError(f"could not read {self._describe(key)}: it keeps changing; retry the call")
 
     def _audit_token_read(
@@ -365,28 +390,37 @@ class Workspace:
         except self._store._db.dbapi_error as error:
             raise refused(f"reading {self._describe(key)}", error) from None
 
-    def _open(self, key: str, key_bytes: bytes, workspace_id: int, row: Any) -> bytes | None:
+    def _open(self, key: str, key_bytes: bytes, workspace_id: int, row: Any) -> tuple[bytes, Category] | None:
         category_value, dek_version, expires_at, _blob = row
         if expires_at is not None and expires_at <= now_micros():
             return None
         try:
             return self._authenticate(key, key_bytes, workspace_id, row)
+        except MissingDataKeyError:
+            raise  # _read reads the row once more first: a rotation may have retired that key
         except (AuthenticationError, MasterKeyError) as error:
-            audit = self._store._audit
-            audit.record_or_log(
-                audit.event(
-                    "auth.failure",
-                    workspace=self._name_bytes,
-                    key=key_bytes,
-                    category=category_value if category_value in _CATEGORY_BY_VALUE else None,
-                    dek_version=dek_version if isinstance(dek_version, int) else None,
-                    outcome="failure",
-                    detail=type(error).__name__,
-                )
-            )
+            self._record_auth_failure(key_bytes, category_value, dek_version, error)
             raise
 
-    def _authenticate(self, key: str, key_bytes: bytes, workspace_id: int, row: Any) -> bytes | None:
+    def _record_auth_failure(
+        self, key_bytes: bytes, category_value: Any, dek_version: Any, error: Exception
+    ) -> None:
+        audit = self._store._audit
+        audit.record_or_log(
+            audit.event(
+                "auth.failure",
+                workspace=self._name_bytes,
+                key=key_bytes,
+                category=category_value if category_value in _CATEGORY_BY_VALUE else None,
+                dek_version=dek_version if isinstance(dek_version, int) else None,
+                outcome="failure",
+                detail=type(error).__name__,
+            )
+        )
+
+    def _authenticate(
+        self, key: str, key_bytes: bytes, workspace_id: int, row: Any
+    ) -> tuple[bytes, Category] | None:
         category_value, dek_version, expires_at, blob = row
         category = _CATEGORY_BY_VALUE.get(category_value)
         if category is None:
@@ -401,13 +435,15 @@ class Workspace:
             raise self._tampered(key)
         try:
             data_key = self._keys.version(workspace_id, self._name_bytes, dek_version)
+        except MissingDataKeyError:
+            raise
         except (AuthenticationError, MasterKeyError) as error:
             raise type(error)(f"cannot open {self._describe(key)}: {error}") from None
         if data_key is None:
             return None  # its data key was destroyed: the workspace is being shredded
         context = record_context(self._name_bytes, key_bytes, CATEGORY_CODES[category], expires_at)
         try:
-            return open_value(data_key, context, blob, header)
+            return open_value(data_key, context, blob, header), category
         except AuthenticationError:
             raise self._tampered(key) from None
 

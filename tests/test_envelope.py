@@ -18,7 +18,18 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
 from secure_kv import envelope
 from secure_kv.categories import CATEGORY_CODES, Category
-from secure_kv.envelope import DataKey, open_value, parse_header, record_context, seal_value, unwrap_data_key
+from secure_kv.envelope import (
+    DataKey,
+    open_value,
+    parse_header,
+    record_context,
+    record_contexts,
+    reseal_value,
+    rewrap_data_key,
+    seal_value,
+    unwrap_data_key,
+    wrap_data_key,
+)
 from secure_kv.errors import AuthenticationError, UnsupportedVersionError
 from secure_kv.keys.base import RawMasterKey
 
@@ -189,3 +200,42 @@ def test_wrapped_key_of_a_newer_format_is_refused_as_unsupported() -> None:
     wrapped[0] = 2
     with pytest.raises(UnsupportedVersionError, match="upgrade"):
         key.unwrap(bytes(wrapped), b"ad")
+
+
+def test_record_contexts_match_record_context() -> None:
+    context = record_contexts(b"tenant")
+    for key, code, expires_at in [
+        (b"k", 1, None),
+        (b"key \xe2\x82\xac", 3, 1_700_000_000_000_000),
+        (b"", 2, 0),
+    ]:
+        assert context(key, code, expires_at) == record_context(b"tenant", key, code, expires_at)
+
+
+def test_reseal_value_moves_a_record_to_another_key_and_checks_it() -> None:
+    old, new = DataKey(os.urandom(32), b"ws", 1), DataKey(os.urandom(32), b"ws", 2)
+    context = record_context(b"ws", b"k", 2, None)
+    for size in (0, 100, 70_000):
+        value = os.urandom(size)
+        resealed = reseal_value(old, new, context, bytes(seal_value(old, context, value)))
+        assert parse_header(resealed).dek_version == 2
+        assert open_value(new, context, resealed) == value
+    blob = bytearray(seal_value(old, context, b"v"))
+    blob[-1] ^= 1
+    with pytest.raises(AuthenticationError):
+        reseal_value(old, new, context, bytes(blob))
+    with pytest.raises(AuthenticationError):
+        reseal_value(new, old, context, bytes(seal_value(old, context, b"v")))
+    with pytest.raises(AuthenticationError):
+        reseal_value(old, new, context, b"\x01\x01short")
+
+
+def test_rewrap_data_key_moves_a_data_key_to_another_master_key_bound_to_the_same_place() -> None:
+    old, new = RawMasterKey(os.urandom(32)), RawMasterKey(os.urandom(32))
+    dek = os.urandom(32)
+    rewrapped = rewrap_data_key(old, new, wrap_data_key(old, dek, b"ws", 3), b"ws", 3)
+    assert unwrap_data_key(new, rewrapped, b"ws", 3)._dek == dek
+    with pytest.raises(AuthenticationError):
+        unwrap_data_key(new, rewrapped, b"other", 3)
+    with pytest.raises(AuthenticationError):
+        rewrap_data_key(old, new, wrap_data_key(old, dek, b"ws", 3), b"ws", 4)

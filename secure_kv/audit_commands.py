@@ -1,0 +1,206 @@
+"""The ``secure-kv audit`` operations as plain functions (cli.py is a thin layer over them).
+
+Reports, logs and anchors need no master key; what they do is recorded in the audit log
+when a master key is at hand to sign with, and logged otherwise.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TextIO
+
+import sqlalchemy as sa
+
+from .audit_admin import Anchor, PruneReport, iter_events, prune, take_anchor
+from .audit_verify import Progress, VerifyReport, verify
+from .database import Database
+from .errors import MasterKeyError
+from .keys import MasterKeyProvider, provider_from_settings
+from .migrate import ensure_schema
+from .report import REPORT_FIELDS, ReportSummary, iter_report
+from .schema import records, workspaces
+from .settings import Settings, load_settings
+from .store import SecureStore
+
+__all__ = ["audit_anchor", "audit_log", "audit_prune", "audit_report", "audit_verify", "format_event"]
+
+log = logging.getLogger("secure_kv.commands")
+# --- audit ------------------------------------------------------------------------------
+
+RowCounter = Callable[[int], None]
+
+
+def _provider_or_none(settings: Settings, given: MasterKeyProvider | None) -> MasterKeyProvider | None:
+    if given is not None:
+        return given
+    try:
+        return provider_from_settings(settings)
+    except MasterKeyError:
+        return None
+
+
+@contextmanager
+def _read_only(settings: Settings) -> Iterator[Database]:
+    database = Database(settings.database_url, settings)
+    try:
+        ensure_schema(database, create=False)
+        yield database
+    finally:
+        database.close()
+
+
+def _record_admin(settings: Settings, provider: MasterKeyProvider | None, action: str, detail: str) -> None:
+    """Record an admin command that needs no master key; without one, log that it was not."""
+    if provider is None:
+        log.warning("%s (%s) not recorded in the audit log: no master key to sign with", action, detail)
+        return
+    with SecureStore.open(settings.database_url, master_key=provider) as store:
+        store._record_event(action, detail=detail)
+
+
+def _count(database: Database, table: sa.Table, where: Any = None) -> int:
+    query = sa.select(sa.func.count()).select_from(table)
+    if where is not None:
+        query = query.where(where)
+    with database.connect() as connection:
+        return int(connection.execute(query).scalar_one())
+
+
+def audit_report(
+    out: TextIO,
+    *,
+    settings: Settings | None = None,
+    fmt: str = "json",
+    workspace: str | None = None,
+    master_key: MasterKeyProvider | None = None,
+    on_total: RowCounter | None = None,
+    on_row: RowCounter | None = None,
+) -> ReportSummary:
+    """Write one row per record (JSON array or CSV) to ``out``, streamed; never a value.
+
+    Needs no master key; with one, the report is recorded in the audit log first.
+    """
+    settings = settings if settings is not None else load_settings()
+    if fmt not in ("json", "csv"):
+        raise ValueError("format must be json or csv")
+    provider = _provider_or_none(settings, master_key)
+    _record_admin(settings, provider, "audit.report", f"format {fmt}, workspace {workspace or 'all'}")
+    summary = ReportSummary()
+    with _read_only(settings) as database:
+        if on_total is not None:
+            where = None
+            if workspace is not None:
+                where = records.c.workspace_id.in_(
+                    sa.select(workspaces.c.id).where(workspaces.c.name == workspace.encode("utf-8"))
+                )
+            on_total(_count(database, records, where))
+        rows = iter_report(database, summary, workspace=workspace, max_age_days=settings.dek_max_age_days)
+        if fmt == "csv":
+            writer = csv.DictWriter(out, fieldnames=REPORT_FIELDS, lineterminator="\n")
+            writer.writeheader()
+            for number, row in enumerate(rows, 1):
+                writer.writerow(row)
+                if on_row is not None and number % 1000 == 0:
+                    on_row(number)
+        else:
+            _write_json_array(out, rows, on_row)
+    if on_row is not None:
+        on_row(summary.records)
+    return summary
+
+
+def _write_json_array(out: TextIO, rows: Iterator[dict[str, Any]], on_row: RowCounter | None) -> int:
+    out.write("[")
+    number = 0
+    for number, row in enumerate(rows, 1):
+        out.write(",\n  " if number > 1 else "\n  ")
+        out.write(json.dumps(row, ensure_ascii=False))
+        if on_row is not None and number % 1000 == 0:
+            on_row(number)
+    out.write("\n]\n" if number else "]\n")
+    return number
+
+
+def audit_verify(
+    *,
+    settings: Settings | None = None,
+    anchor: str | None = None,
+    chain_only: bool = False,
+    master_key: MasterKeyProvider | None = None,
+    progress: Progress | None = None,
+) -> VerifyReport:
+    """Authenticate every record and data key and walk the audit chain.
+
+    ``chain_only`` checks the chain alone, with the public keys and no secret (an auditor).
+    Otherwise the master key is required.
+    """
+    settings = settings if settings is not None else load_settings()
+    provider: MasterKeyProvider | None = None
+    if not chain_only:
+        provider = master_key if master_key is not None else provider_from_settings(settings)
+        _record_admin(settings, provider, "audit.verify", f"anchor {'given' if anchor else 'none'}")
+    with _read_only(settings) as database:
+        return verify(database, provider, anchor=anchor, progress=progress)
+
+
+def audit_log(
+    out: TextIO,
+    *,
+    settings: Settings | None = None,
+    fmt: str = "text",
+    workspace: str | None = None,
+    since: int | None = None,
+    master_key: MasterKeyProvider | None = None,
+) -> int:
+    """Write the audit events (oldest first) as text lines or a JSON array; return how many."""
+    settings = settings if settings is not None else load_settings()
+    if fmt not in ("json", "text"):
+        raise ValueError("format must be json or text")
+    provider = _provider_or_none(settings, master_key)
+    _record_admin(settings, provider, "audit.log", f"workspace {workspace or 'all'}")
+    with _read_only(settings) as database:
+        events = iter_events(database, workspace=workspace, since=since)
+        if fmt == "json":
+            return _write_json_array(out, events, None)
+        count = 0
+        for event in events:
+            out.write(format_event(event) + "\n")
+            count += 1
+        return count
+
+
+def format_event(event: dict[str, Any]) -> str:
+    """One event as a line of text."""
+    where = ""
+    if event["workspace"] is not None:
+        where = event["workspace"] + ("/" + event["key"] if event["key"] is not None else "")
+    extra = []
+    if event["category"]:
+        extra.append(event["category"])
+    if event["dek_version"] is not None:
+        extra.append(f"dek v{event['dek_version']}")
+    parts = [event["time"], event["actor"], event["action"], where, f"[{', '.join(extra)}]" if extra else ""]
+    parts.append(event["outcome"])
+    if event["detail"]:
+        parts.append(f"({event['detail']})")
+    return " ".join(part for part in parts if part)
+
+
+def audit_anchor(*, settings: Settings | None = None, master_key: MasterKeyProvider | None = None) -> Anchor:
+    """Record the heads of every chain and return the anchor to keep outside the database."""
+    settings = settings if settings is not None else load_settings()
+    with SecureStore.open(settings.database_url, master_key=master_key) as store:
+        return take_anchor(store)
+
+
+def audit_prune(
+    before: int, *, settings: Settings | None = None, master_key: MasterKeyProvider | None = None
+) -> PruneReport:
+    """Remove events older than ``before`` (µs since the epoch), leaving the rest verifiable."""
+    settings = settings if settings is not None else load_settings()
+    with SecureStore.open(settings.database_url, master_key=master_key) as store:
+        return prune(store, before)

@@ -1,0 +1,270 @@
+"""What the store holds, from metadata only: never a value, and no key needed.
+
+:func:`store_status` is ``secure-kv status``: master keys, workspaces, data-key versions and
+how many records each still covers, rotations due or under way. :func:`iter_keys` is
+``secure-kv list``: one workspace's keys with their category and times.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+
+from .database import Database, safe_url
+from .datakeys import now_micros
+from .migrate import current_revision
+from .schema import data_keys, records, workspaces
+
+__all__ = [
+    "DataKeyStatus",
+    "KeyInfo",
+    "StoreStatus",
+    "WorkspaceStatus",
+    "iso_time",
+    "iter_keys",
+    "store_status",
+]
+
+_d, _r, _w = data_keys.c, records.c, workspaces.c
+_MICROS_PER_DAY = 86_400 * 1_000_000
+_LIST_BATCH = 1000
+
+
+def iso_time(micros: int | None) -> str | None:
+    """Microseconds since the epoch as ISO 8601 UTC (``2026-11-25T10:00:00.000001Z``)."""
+    if micros is None:
+        return None
+    moment = datetime.fromtimestamp(micros // 1_000_000, tz=UTC).replace(microsecond=micros % 1_000_000)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True)
+class DataKeyStatus:
+    version: int
+    kek_id: str
+    created_at: int
+    #: records sealed under this version
+    records: int
+    #: the key material was destroyed (a shred under way)
+    destroyed: bool
+
+
+@dataclass(frozen=True)
+class WorkspaceStatus:
+    name: str
+    current_version: int
+    data_keys: tuple[DataKeyStatus, ...]
+
+    @property
+    def records(self) -> int:
+        return sum(key.records for key in self.data_keys)
+
+    @property
+    def rotation_in_progress(self) -> bool:
+        """Older versions still exist: a rotation has not finished (run it again)."""
+        live = [key for key in self.data_keys if not key.destroyed]
+        return len(live) > 1
+
+    @property
+    def shred_in_progress(self) -> bool:
+        return any(key.destroyed for key in self.data_keys)
+
+    def current_key_age_days(self, now: int) -> float | None:
+        for key in self.data_keys:
+            if key.version == self.current_version and not key.destroyed:
+                return (now - key.created_at) / _MICROS_PER_DAY
+        return None
+
+
+@dataclass(frozen=True)
+class StoreStatus:
+    database: str
+    schema_revision: str | None
+    #: the current master key's kek_id, or None when the key is unavailable
+    kek_id: str | None
+    #: why the master key is unavailable (never key material)
+    master_key_problem: str | None
+    previous_kek_ids: tuple[str, ...]
+    workspaces: tuple[WorkspaceStatus, ...]
+    dek_max_age_days: float
+    now: int
+
+    @property
+    def data_keys_by_kek(self) -> dict[str, int]:
+        """Live (not destroyed) data keys per master key that wraps them."""
+        counts: dict[str, int] = {}
+        for workspace in self.workspaces:
+            for key in workspace.data_keys:
+                if not key.destroyed:
+                    counts[key.kek_id] = counts.get(key.kek_id, 0) + 1
+        return counts
+
+    @property
+    def master_rotation_pending(self) -> int:
+        """Live data keys not wrapped by the current master key (``rotate master`` moves them)."""
+        if self.kek_id is None:
+            return 0
+        return sum(count for kek, count in self.data_keys_by_kek.items() if kek != self.kek_id)
+
+    def rotation_due(self, workspace: WorkspaceStatus) -> bool:
+        age = workspace.current_key_age_days(self.now)
+        return age is not None and age > self.dek_max_age_days
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "database": self.database,
+            "schema_revision": self.schema_revision,
+            "kek_id": self.kek_id,
+            "master_key_problem": self.master_key_problem,
+            "previous_kek_ids": list(self.previous_kek_ids),
+            "data_keys_by_kek_id": self.data_keys_by_kek,
+            "master_rotation_pending": self.master_rotation_pending,
+            "dek_max_age_days": self.dek_max_age_days,
+            "workspaces": [
+                {
+                    "name": workspace.name,
+                    "current_version": workspace.current_version,
+                    "records": workspace.records,
+                    "rotation_due": self.rotation_due(workspace),
+                    "rotation_in_progress": workspace.rotation_in_progress,
+                    "shred_in_progress": workspace.shred_in_progress,
+                    "current_key_age_days": workspace.current_key_age_days(self.now),
+                    "data_keys": [
+                        {
+                            "version": key.version,
+                            "kek_id": key.kek_id,
+                            "created_at": iso_time(key.created_at),
+                            "records": key.records,
+                            "destroyed": key.destroyed,
+                        }
+                        for key in workspace.data_keys
+                    ],
+                }
+                for workspace in self.workspaces
+            ],
+        }
+
+
+def store_status(
+    database: Database,
+    *,
+    kek_id: str | None,
+    previous_kek_ids: tuple[str, ...] = (),
+    master_key_problem: str | None = None,
+    dek_max_age_days: float = 90,
+) -> StoreStatus:
+    """Read the status from metadata (three queries, one of them counting every record)."""
+    with database.connect() as connection, connection.begin():
+        revision = current_revision(connection)
+        names = connection.execute(sa.select(_w.id, _w.name, _w.last_dek_version).order_by(_w.name)).all()
+        keys = connection.execute(
+            sa.select(_d.workspace_id, _d.version, _d.kek_id, _d.created_at, _d.wrapped.is_(None)).order_by(
+                _d.workspace_id, _d.version
+            )
+        ).all()
+        counts = {
+            (int(workspace_id), int(version)): int(count)
+            for workspace_id, version, count in connection.execute(
+                sa.select(_r.workspace_id, _r.dek_version, sa.func.count()).group_by(
+                    _r.workspace_id, _r.dek_version
+                )
+            ).all()
+        }
+    by_workspace: dict[int, list[DataKeyStatus]] = {}
+    for workspace_id, version, kek, created_at, destroyed in keys:
+        by_workspace.setdefault(int(workspace_id), []).append(
+            DataKeyStatus(
+                version=int(version),
+                kek_id=str(kek),
+                created_at=int(created_at),
+                records=counts.get((int(workspace_id), int(version)), 0),
+                destroyed=bool(destroyed),
+            )
+        )
+    return StoreStatus(
+        database=safe_url(database.url),
+        schema_revision=revision,
+        kek_id=kek_id,
+        master_key_problem=master_key_problem,
+        previous_kek_ids=previous_kek_ids,
+        workspaces=tuple(
+            WorkspaceStatus(
+                name=bytes(name).decode("utf-8", "replace"),
+                current_version=int(last),
+                data_keys=tuple(by_workspace.get(int(workspace_id), ())),
+            )
+            for workspace_id, name, last in names
+        ),
+        dek_max_age_days=dek_max_age_days,
+        now=now_micros(),
+    )
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """One record's metadata, as ``secure-kv list`` shows it (never the value)."""
+
+    key: str
+    category: str
+    created_at: int
+    updated_at: int
+    expires_at: int | None
+    dek_version: int
+    size: int
+
+    def expired(self, now: int) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
+
+    def to_json(self, now: int) -> dict[str, object]:
+        return {
+            "key": self.key,
+            "category": self.category,
+            "created_at": iso_time(self.created_at),
+            "updated_at": iso_time(self.updated_at),
+            "expires_at": iso_time(self.expires_at),
+            "expired": self.expired(now),
+            "dek_version": self.dek_version,
+            "sealed_bytes": self.size,
+        }
+
+
+def iter_keys(database: Database, workspace: bytes) -> Iterator[KeyInfo]:
+    """Every record of ``workspace`` in key order (bytewise), fetched a batch at a time."""
+    with database.connect() as connection:
+        with connection.begin():
+            workspace_id = connection.execute(sa.select(_w.id).where(_w.name == workspace)).scalar()
+        if workspace_id is None:
+            return
+        after = b""
+        while True:
+            with connection.begin():
+                rows = connection.execute(
+                    sa.select(
+                        _r.record_key,
+                        _r.category,
+                        _r.created_at,
+                        _r.updated_at,
+                        _r.expires_at,
+                        _r.dek_version,
+                        sa.func.length(_r.value),
+                    )
+                    .where(_r.workspace_id == workspace_id, _r.record_key > after)
+                    .order_by(_r.record_key)
+                    .limit(_LIST_BATCH)
+                ).all()
+            for key, category, created_at, updated_at, expires_at, version, size in rows:
+                yield KeyInfo(
+                    key=bytes(key).decode("utf-8", "replace"),
+                    category=str(category),
+                    created_at=int(created_at),
+                    updated_at=int(updated_at),
+                    expires_at=None if expires_at is None else int(expires_at),
+                    dek_version=int(version),
+                    size=int(size),
+                )
+            if len(rows) < _LIST_BATCH:
+                return
+            after = bytes(rows[-1][0])
