@@ -365,6 +365,13 @@ def rotate_master(generate: bool, retire_previous: bool, output_format: str) -> 
             )
         for kek_id, count in sorted(report.remaining.items()):
             click.echo(f"still wrapped by master key {kek_id}: {count} data key(s)", err=True)
+        if report.signing_keys_rewrapped:
+            click.echo(f"rewrapped {report.signing_keys_rewrapped} audit signing key(s)")
+        if report.signing_keys_remaining:
+            click.echo(
+                f"still wrapped by another master key: {report.signing_keys_remaining} audit signing key(s)",
+                err=True,
+            )
         if report.complete:
             if retire_previous:
                 click.echo("deleted the previous master keys from the keyring")
@@ -373,7 +380,11 @@ def rotate_master(generate: bool, retire_previous: bool, output_format: str) -> 
                     "every data key is wrapped by the current master key; previous keys can be retired"
                 )
     if not report.complete:
-        click.echo("error: some data keys are not wrapped by the current master key (see above)", err=True)
+        click.echo(
+            "error: some data keys or audit signing keys are not wrapped by the current master key "
+            "(see above)",
+            err=True,
+        )
         sys.exit(1)
 
 

@@ -224,13 +224,13 @@ def rotate_master(
             assert isinstance(provider, KeyringMasterKey)
             old = provider.current_key().kek_id
             new = provider.generate_new_key().kek_id
-            store._record_event("generate_master_key", detail=f"new master key {new}; {old} kept as previous")
+            store._record_event("masterkey.generate", detail=f"new master key {new}; {old} kept as previous")
         report = rotation.rotate_master(store, progress=progress)
         if retire_previous and report.complete:
             assert isinstance(provider, KeyringMasterKey)
             retired = [key.kek_id for key in provider.previous_keys()]
             provider.forget_previous_keys()
-            store._record_event("retire_master_keys", detail=f"deleted previous master keys {retired}")
+            store._record_event("masterkey.retire", detail=f"deleted previous master keys {retired}")
         return report
 
 
@@ -248,7 +248,7 @@ def rotate_workspaces(
     with _open(settings, master_key) as store:
         report = rotation.rotate_workspaces(store, workspaces, batch_size=batch_size, progress=progress)
         store._record_event(
-            "rotate_workspaces",
+            "admin.rotate_workspace",
             outcome="ok" if not report.failed else "incomplete",
             detail=f"{len(report.rotations)} rotated ({report.records} records), {len(report.failed)} failed",
         )
@@ -282,7 +282,7 @@ def purge(
         raise InvalidInputError("the batch size must be at least 1")
     with _open(settings, master_key) as store:
         report = erasure.purge(store, batch_size=batch_size, progress=progress)
-        store._record_event("purge_complete", detail=f"deleted {report.deleted} expired entries")
+        store._record_event("admin.purge_complete", detail=f"deleted {report.deleted} expired entries")
         return report
 
 
@@ -313,12 +313,12 @@ def get_value(
     with _open(settings, master_key) as store:
         found = store.workspace(workspace)._read(key)
         if found is None:
-            store._record_event("get", workspace=workspace, key=key, outcome="missing")
+            store._record_event("operator.get", workspace=workspace, key=key, outcome="missing")
             return None
         value, category = found
         masked = category is Category.TOKEN and not reveal
         store._record_event(
-            "get",
+            "operator.get",
             workspace=workspace,
             key=key,
             category=category,
@@ -342,7 +342,9 @@ def set_value(
     chosen = parse_category(category)
     with _open(settings, master_key) as store:
         store.workspace(workspace).set(key, value, category=chosen, ttl=ttl)
-        store._record_event("set", workspace=workspace, key=key, category=chosen, detail="operator command")
+        store._record_event(
+            "operator.set", workspace=workspace, key=key, category=chosen, detail="operator command"
+        )
 
 
 def delete_value(
@@ -354,7 +356,7 @@ def delete_value(
         existed = handle.exist(key)
         handle.delete(key)
         store._record_event(
-            "delete",
+            "operator.delete",
             workspace=workspace,
             key=key,
             outcome="ok" if existed else "missing",
@@ -374,7 +376,7 @@ def list_keys(
     name = check_workspace_name(workspace)
     store = _open(settings, master_key)
     try:
-        store._record_event("list", workspace=workspace, detail="operator command")
+        store._record_event("operator.list", workspace=workspace, detail="operator command")
     except BaseException:
         store.close()
         raise

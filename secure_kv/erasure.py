@@ -82,7 +82,7 @@ def shred(
             .values(wrapped=None)
         ).rowcount
         store._record_event(
-            "shred",
+            "admin.shred",
             connection=connection,
             workspace=workspace,
             dek_version=up_to,
@@ -137,7 +137,7 @@ def shred(
         deleted_keys = connection.execute(sa.delete(data_keys).where(retired)).rowcount
         deleted += count
         store._record_event(
-            "shred_complete",
+            "admin.shred_complete",
             connection=connection,
             workspace=workspace,
             dek_version=up_to,
@@ -232,7 +232,7 @@ def purge(
                     if count:
                         per_workspace[shown] += count
                         store._record_event(
-                            "purge",
+                            "admin.purge",
                             connection=connection,
                             workspace=shown,
                             detail=f"deleted {count} expired entries",

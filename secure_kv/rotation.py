@@ -33,6 +33,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from .audit_keys import rewrap_signing_keys
 from .categories import CATEGORY_CODES
 from .datakeys import MissingDataKeyError
 from .envelope import HEADER_BYTES, DataKey, record_contexts, reseal_value, rewrap_data_key
@@ -45,7 +46,7 @@ from .errors import (
 )
 from .progress import NO_PROGRESS, Progress
 from .retirement import lock_data_keys, retire_when_unreferenced, try_transaction
-from .schema import data_keys, records, workspaces
+from .schema import audit_signing_keys, data_keys, records, workspaces
 from .statements import Statement
 from .store import SecureStore
 from .validation import check_workspace_name
@@ -111,11 +112,15 @@ class MasterRotation:
     #: live data keys still wrapped by another master key afterwards, by kek_id
     remaining: dict[str, int]
     seconds: float
+    #: audit signing keys rewrapped under the current master key
+    signing_keys_rewrapped: int = 0
+    #: audit signing keys still wrapped by another master key afterwards
+    signing_keys_remaining: int = 0
 
     @property
     def complete(self) -> bool:
-        """Every live data key is wrapped by the current master key."""
-        return not self.failed and not self.remaining
+        """Every live data key and audit signing key is wrapped by the current master key."""
+        return not self.failed and not self.remaining and not self.signing_keys_remaining
 
 
 def rotate_master(
@@ -199,7 +204,7 @@ def rotate_master(
                     if changed:  # else shredded, retired or rewrapped meanwhile: nothing to do
                         rewrapped += 1
                         store._record_event(
-                            "rewrap_data_key",
+                            "datakey.rewrap",
                             connection=connection,
                             workspace=shown,
                             dek_version=version,
@@ -209,6 +214,10 @@ def rotate_master(
                 break
             after = (rows[-1][0], rows[-1][1])
             progress.advance(len(rows))
+        # The audit log's signing keys are wrapped like data keys: rewrap them too, or the
+        # log could no longer be verified once the previous master key is dropped.
+        with connection.begin():
+            signing_rewrapped = rewrap_signing_keys(connection, provider)
         with connection.begin():
             remaining = {
                 kek_id: count
@@ -216,6 +225,11 @@ def rotate_master(
                     sa.select(_d.kek_id, sa.func.count()).where(pending).group_by(_d.kek_id)
                 ).all()
             }
+            signing_remaining = connection.execute(
+                sa.select(sa.func.count())
+                .select_from(audit_signing_keys)
+                .where(audit_signing_keys.c.kek_id != current.kek_id)
+            ).scalar_one()
     report = MasterRotation(
         kek_id=current.kek_id,
         rewrapped=rewrapped,
@@ -223,9 +237,11 @@ def rotate_master(
         failed=tuple(failures),
         remaining=remaining,
         seconds=time.monotonic() - started,
+        signing_keys_rewrapped=signing_rewrapped,
+        signing_keys_remaining=int(signing_remaining),
     )
     store._record_event(
-        "rotate_master",
+        "admin.rotate_master",
         dek_version=None,
         outcome="ok" if report.complete else "incomplete",
         detail=f"{rewrapped} data keys rewrapped under master key {current.kek_id}, "
@@ -413,7 +429,7 @@ class _Reencryption:
             versions = [int(v) for v in connection.execute(sa.select(_d.version).where(retired)).scalars()]
             connection.execute(sa.delete(data_keys).where(retired))
             self.store._record_event(
-                "retire_data_keys",
+                "datakey.retire",
                 connection=connection,
                 workspace=self.name.decode("utf-8", "replace"),
                 dek_version=self.target.version,

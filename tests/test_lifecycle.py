@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import pytest
 import sqlalchemy as sa
 
@@ -195,3 +198,41 @@ def test_bulk_filled_records_read_back(sqlite_store: SecureStore) -> None:
         bytes([i]) * i for i in range(10)
     ]
     assert default_value(1) == b"value of record 1"
+
+
+def test_admin_operations_are_recorded_in_the_audit_log(sqlite_url: str) -> None:
+    import io
+    import json
+
+    from secure_kv import commands
+    from secure_kv.settings import load_settings
+
+    old, new = os.urandom(32), os.urandom(32)
+    settings = load_settings(database_url=sqlite_url)
+    with SecureStore.open(sqlite_url, master_key=StaticMasterKey(old)) as store:
+        store.workspace("keep").set("token", b"sk-keep", category="token")
+        store.workspace("gone").set("pref", b"v")
+        store.workspace("keep").set("old-cache", b"v", category="cache", ttl=0.01)
+    time.sleep(0.05)
+    provider = StaticMasterKey(new, previous=[old])
+    commands.rotate_master(settings, provider)
+    commands.rotate_workspaces(settings, provider, workspaces=["keep"])
+    commands.shred("gone", settings, provider)
+    commands.purge(settings, provider)
+    assert commands.get_value("keep", "token", settings, provider).masked
+
+    out = io.StringIO()
+    commands.audit_log(out, settings=settings, fmt="json", master_key=StaticMasterKey(new))
+    events = json.loads(out.getvalue())
+    actions = {event["action"] for event in events}
+    assert {
+        "datakey.rewrap",
+        "admin.rotate_master",
+        "datakey.create",
+        "admin.rotate_workspace",
+        "admin.shred",
+        "admin.shred_complete",
+        "admin.purge_complete",
+        "operator.get",
+    } <= actions, actions
+    assert not any("sk-keep" in json.dumps(event) for event in events)

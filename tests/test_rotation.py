@@ -56,6 +56,25 @@ def test_master_rotation_rewraps_every_data_key_and_then_the_old_key_alone_is_re
             assert store.workspace(f"tenant-{number}").get("token") == f"sk-{number}".encode()
 
 
+def test_master_rotation_rewraps_the_audit_signing_key_so_the_log_still_verifies(database_url: str) -> None:
+    from secure_kv.commands import audit_verify
+    from secure_kv.settings import load_settings
+
+    old, new = os.urandom(32), os.urandom(32)
+    with SecureStore.open(database_url, master_key=StaticMasterKey(old)) as store:
+        _write_workspaces(store, 2)
+        assert store.workspace("tenant-0").get("token") == b"sk-0"  # an audited read
+    with SecureStore.open(database_url, master_key=StaticMasterKey(new, previous=[old])) as store:
+        report = rotate_master(store)
+    assert report.signing_keys_rewrapped >= 1
+    assert report.signing_keys_remaining == 0 and report.complete
+    # With the new key alone, every event (signed before the rotation too) still verifies.
+    verified = audit_verify(
+        settings=load_settings(database_url=database_url), master_key=StaticMasterKey(new)
+    )
+    assert verified.ok, verified.failures
+
+
 def test_master_rotation_run_again_changes_nothing(sqlite_url: str) -> None:
     old, new = os.urandom(32), os.urandom(32)
     with SecureStore.open(sqlite_url, master_key=StaticMasterKey(old)) as store:
