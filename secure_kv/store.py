@@ -8,6 +8,8 @@ the way back.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
+from functools import partial
 from types import TracebackType
 from typing import Any
 
@@ -17,6 +19,7 @@ from .datakeys import DataKeys, check_master_key, now_micros
 from .envelope import open_value, parse_header, record_context, seal_value
 from .errors import (
     AuthenticationError,
+    InvalidInputError,
     InvalidTypeError,
     MasterKeyError,
     StorageError,
@@ -25,14 +28,16 @@ from .errors import (
 from .keys import MasterKeyProvider, provider_from_settings
 from .migrate import ensure_schema
 from .settings import Settings, load_settings
-from .statements import Statements
-from .validation import check_key, check_ttl, check_value, check_workspace_name
+from .statements import Statement, Statements, in_list_chunks
+from .validation import Buffer, check_key, check_ttl, check_value, check_workspace_name
 
 __all__ = ["SecureStore", "Workspace"]
 
 _CATEGORY_BY_VALUE = {category.value: category for category in Category}
 # Retries when a write races a rotation or shred that retired the data key it used.
 _STALE_KEY_RETRIES = 3
+# Rows per executemany call of set_many: bounds what a driver buffers at once.
+_WRITE_CHUNK = 1000
 
 
 class SecureStore:
@@ -189,10 +194,7 @@ class Workspace:
         chosen = parse_category(category)
         seconds = check_ttl(ttl)
         store._check_open()
-        if seconds is None and chosen is Category.CACHE:
-            seconds = settings.default_cache_ttl
-        now = now_micros()
-        expires_at = None if seconds is None else now + max(1, math.ceil(seconds * 1_000_000))
+        now, expires_at = self._expiry(chosen, seconds)
         context = record_context(self._name_bytes, key_bytes, CATEGORY_CODES[chosen], expires_at)
         database, statement = store._db, store._sql.upsert_record
         as_bytes = database.dialect_name == "mysql"  # PyMySQL cannot send a bytearray
@@ -203,7 +205,7 @@ class Workspace:
                 sealed = bytes(sealed)
             row = (workspace_id, key_bytes, chosen.value, data_key.version, now, now, expires_at, sealed)
             try:
-                database.run(lambda c: statement.run(c, *row))  # noqa: B023 (called at once)
+                database.execute(statement, *row)
                 return
             except database.integrity_error:
                 # The data key was retired (rotation) or destroyed (shred) since we cached
@@ -224,11 +226,177 @@ class Workspace:
         workspace_id = self._keys.workspace_id(self._name_bytes)
         if workspace_id is None:
             return None
-        statement = store._sql.select_record
-        row = store._db.run(lambda c: statement.fetchone(c, workspace_id, key_bytes))
+        row = store._db.fetchone(store._sql.select_record, workspace_id, key_bytes)
         if row is None:
             return None
-        category_value, dek_version, expires_at, blob = row
+        return self._open_row(key, key_bytes, workspace_id, *row)
+
+    def exist(self, key: str) -> bool:
+        """Whether ``key`` holds an unexpired value (the value is not decrypted)."""
+        key_bytes = check_key(key)
+        store = self._store
+        store._check_open()
+        workspace_id = self._keys.workspace_id(self._name_bytes)
+        if workspace_id is None:
+            return False
+        row = store._db.fetchone(store._sql.select_expiry, workspace_id, key_bytes)
+        return row is not None and (row[0] is None or row[0] > now_micros())
+
+    def delete(self, key: str) -> None:
+        """Remove ``key``; deleting a missing key is not an error."""
+        key_bytes = check_key(key)
+        store = self._store
+        store._check_open()
+        workspace_id = self._keys.workspace_id(self._name_bytes)
+        if workspace_id is None:
+            return
+        store._db.execute(store._sql.delete_record, workspace_id, key_bytes)
+
+    # --- batches: one transaction each, all or nothing ---------------------------------
+
+    def set_many(
+        self,
+        items: Mapping[str, Buffer] | Iterable[tuple[str, Buffer]],
+        *,
+        category: Category | str = Category.PREFERENCE,
+        ttl: float | Any = None,
+    ) -> None:
+        """Store every value of ``items`` (a mapping, or (key, value) pairs) at once.
+
+        One transaction: either every entry is written or none is. Every key and value is
+        checked before the database is touched, so bad input changes nothing. All entries
+        get the same ``category`` and ``ttl``, with the meaning they have for :meth:`set`.
+        A key given twice (as pairs) keeps its last value, as ``dict(pairs)`` would.
+        """
+        store = self._store
+        settings = store._settings
+        chosen = parse_category(category)
+        seconds = check_ttl(ttl)
+        checked: dict[bytes, Buffer] = {}
+        for index, (key, val) in enumerate(_pairs(items)):
+            key_bytes = _checked_key(key, "set_many", index)
+            try:
+                checked[key_bytes] = check_value(val, settings.max_value_bytes)
+            except InvalidInputError as error:
+                raise type(error)(f"set_many: {self._describe(key)}: {error}") from None
+        store._check_open()
+        if not checked:
+            return
+        now, expires_at = self._expiry(chosen, seconds)
+        code = CATEGORY_CODES[chosen]
+        contexts = [
+            (key_bytes, record_context(self._name_bytes, key_bytes, code, expires_at), value)
+            for key_bytes, value in checked.items()
+        ]
+        database, statement = store._db, store._sql.upsert_record
+        as_bytes = database.dialect_name == "mysql"  # PyMySQL cannot send a bytearray
+        for _ in range(_STALE_KEY_RETRIES):
+            workspace_id, data_key = self._keys.current(self._name_bytes)
+            rows = []
+            for key_bytes, context, value in contexts:
+                sealed = seal_value(data_key, context, value)
+                if as_bytes and not isinstance(sealed, bytes):
+                    sealed = bytes(sealed)
+                rows.append(
+                    (workspace_id, key_bytes, chosen.value, data_key.version, now, now, expires_at, sealed)
+                )
+
+            try:
+                database.transaction(partial(_write_rows, statement, rows), write=True)
+                return
+            except database.integrity_error:
+                # As in set(): the data key was retired meanwhile; nothing was written.
+                self._keys.forget_current(self._name_bytes)
+        raise StorageError(
+            f"could not write {len(rows)} records of workspace {self.name!r}: its data key keeps "
+            "changing; retry the call"
+        )
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, bytes]:
+        """The values of ``keys`` that exist and have not expired, by key.
+
+        One transaction (one snapshot): a concurrent writer's batch is seen whole or not at
+        all. Missing and expired keys are absent from the result; a key asked twice appears
+        once. The result follows the order of ``keys``. Raises :class:`AuthenticationError`
+        (naming the key) if any record read was tampered with.
+        """
+        wanted = self._checked_keys(keys, "get_many")
+        store = self._store
+        store._check_open()
+        if not wanted:
+            return {}
+        workspace_id = self._keys.workspace_id(self._name_bytes)
+        if workspace_id is None:
+            return {}
+        sql = store._sql
+
+        def read(connection: Any) -> list[Any]:
+            rows: list[Any] = []
+            for chunk in in_list_chunks(list(wanted)):
+                rows.extend(sql.select_records(len(chunk)).fetchall(connection, workspace_id, *chunk))
+            # The audit step for token reads belongs here, in this transaction.
+            return rows
+
+        found = {bytes(row[0]): row[1:] for row in store._db.transaction(read, write=False)}
+        result: dict[str, bytes] = {}
+        for key_bytes, key in wanted.items():
+            row = found.get(key_bytes)
+            if row is not None:
+                value = self._open_row(key, key_bytes, workspace_id, *row)
+                if value is not None:
+                    result[key] = value
+        return result
+
+    def delete_many(self, keys: Iterable[str]) -> None:
+        """Remove every key of ``keys`` in one transaction; missing keys are not an error."""
+        wanted = self._checked_keys(keys, "delete_many")
+        store = self._store
+        store._check_open()
+        if not wanted:
+            return
+        workspace_id = self._keys.workspace_id(self._name_bytes)
+        if workspace_id is None:
+            return
+        sql = store._sql
+
+        def delete(connection: Any) -> None:
+            # The audit step for token deletes belongs here, before the rows are gone.
+            for chunk in in_list_chunks(list(wanted)):
+                sql.delete_records(len(chunk)).run(connection, workspace_id, *chunk)
+
+        store._db.transaction(delete, write=True)
+
+    # --- shared by the single and batch calls ------------------------------------------
+
+    def _expiry(self, category: Category, seconds: float | None) -> tuple[int, int | None]:
+        """Now and the expiry time, both in microseconds (a cache entry always expires)."""
+        if seconds is None and category is Category.CACHE:
+            seconds = self._store._settings.default_cache_ttl
+        now = now_micros()
+        return now, None if seconds is None else now + max(1, math.ceil(seconds * 1_000_000))
+
+    def _checked_keys(self, keys: Iterable[str], method: str) -> dict[bytes, str]:
+        """Every key checked, by its UTF-8 bytes, first occurrence first."""
+        if isinstance(keys, (str, bytes, bytearray, memoryview)) or not isinstance(keys, Iterable):
+            raise InvalidTypeError(
+                f"{method}: keys must be an iterable of str (a list, for example), not {type(keys).__name__}"
+            )
+        wanted: dict[bytes, str] = {}
+        for index, key in enumerate(keys):
+            wanted.setdefault(_checked_key(key, method, index), key)
+        return wanted
+
+    def _open_row(
+        self,
+        key: str,
+        key_bytes: bytes,
+        workspace_id: int,
+        category_value: str,
+        dek_version: int,
+        expires_at: int | None,
+        blob: Buffer,
+    ) -> bytes | None:
+        """Authenticate and decrypt one record as read; ``None`` if it has expired."""
         if expires_at is not None and expires_at <= now_micros():
             return None
         category = _CATEGORY_BY_VALUE.get(category_value)
@@ -254,29 +422,6 @@ class Workspace:
         except AuthenticationError:
             raise self._tampered(key) from None
 
-    def exist(self, key: str) -> bool:
-        """Whether ``key`` holds an unexpired value (the value is not decrypted)."""
-        key_bytes = check_key(key)
-        store = self._store
-        store._check_open()
-        workspace_id = self._keys.workspace_id(self._name_bytes)
-        if workspace_id is None:
-            return False
-        statement = store._sql.select_expiry
-        row = store._db.run(lambda c: statement.fetchone(c, workspace_id, key_bytes))
-        return row is not None and (row[0] is None or row[0] > now_micros())
-
-    def delete(self, key: str) -> None:
-        """Remove ``key``; deleting a missing key is not an error."""
-        key_bytes = check_key(key)
-        store = self._store
-        store._check_open()
-        workspace_id = self._keys.workspace_id(self._name_bytes)
-        if workspace_id is None:
-            return
-        statement = store._sql.delete_record
-        store._db.run(lambda c: statement.run(c, workspace_id, key_bytes))
-
     def _describe(self, key: str) -> str:
         return f"record {key!r} of workspace {self.name!r}"
 
@@ -291,3 +436,36 @@ class Workspace:
 
     def __reduce__(self) -> Any:
         raise TypeError("Workspace belongs to an open store and cannot be pickled")
+
+
+def _write_rows(statement: Statement, rows: list[tuple[Any, ...]], connection: Any) -> None:
+    for start in range(0, len(rows), _WRITE_CHUNK):
+        statement.run_many(connection, rows[start : start + _WRITE_CHUNK])
+    # The audit step for token writes belongs here, in this transaction.
+
+
+def _pairs(items: object) -> Iterable[tuple[Any, Any]]:
+    if isinstance(items, Mapping):
+        return items.items()
+    if isinstance(items, (str, bytes, bytearray, memoryview)) or not isinstance(items, Iterable):
+        raise InvalidTypeError(
+            "set_many: items must be a mapping of str to bytes, or (key, value) pairs, "
+            f"not {type(items).__name__}"
+        )
+    return (_pair(item, index) for index, item in enumerate(items))
+
+
+def _pair(item: object, index: int) -> tuple[Any, Any]:
+    if not isinstance(item, tuple) or len(item) != 2:
+        raise InvalidTypeError(
+            f"set_many: item {index} must be a (key, value) tuple, not {type(item).__name__}"
+        )
+    return item
+
+
+def _checked_key(key: object, method: str, index: int) -> bytes:
+    try:
+        return check_key(key)
+    except InvalidInputError as error:
+        # By position: the rejected key is not echoed (it might be a misplaced secret).
+        raise type(error)(f"{method}: key {index}: {error}") from None
