@@ -16,12 +16,13 @@ from typing import Any
 from .categories import CATEGORY_CODES, Category, parse_category
 from .database import Database, safe_url
 from .datakeys import DataKeys, check_master_key, now_micros
-from .envelope import open_value, parse_header, record_context, seal_value
+from .envelope import DataKey, context_prefix, key_context, open_value, parse_header, seal_value, seal_values
 from .errors import (
     AuthenticationError,
     InvalidInputError,
     InvalidTypeError,
     MasterKeyError,
+    SecureKVError,
     StorageError,
     UnsupportedVersionError,
 )
@@ -33,7 +34,8 @@ from .validation import Buffer, check_key, check_ttl, check_value, check_workspa
 
 __all__ = ["SecureStore", "Workspace"]
 
-_CATEGORY_BY_VALUE = {category.value: category for category in Category}
+# By the value string: hashing a Category itself runs Enum.__hash__ in Python.
+_CODE_BY_VALUE = {category.value: CATEGORY_CODES[category] for category in Category}
 # Retries when a write races a rotation or shred that retired the data key it used.
 _STALE_KEY_RETRIES = 3
 # Rows per executemany call of set_many: bounds what a driver buffers at once.
@@ -165,10 +167,11 @@ class SecureStore:
 class Workspace:
     """One namespace of a :class:`SecureStore`, with Dify's plugin-storage interface."""
 
-    __slots__ = ("_keys", "_name_bytes", "_store", "name")
+    __slots__ = ("_context_prefix", "_keys", "_name_bytes", "_store", "name")
 
     def __init__(self, store: SecureStore, name: str) -> None:
         self._name_bytes = check_workspace_name(name)
+        self._context_prefix = context_prefix(self._name_bytes)
         self.name = name
         self._store = store
         self._keys = store._keys
@@ -195,7 +198,8 @@ class Workspace:
         seconds = check_ttl(ttl)
         store._check_open()
         now, expires_at = self._expiry(chosen, seconds)
-        context = record_context(self._name_bytes, key_bytes, CATEGORY_CODES[chosen], expires_at)
+        category_value = chosen._value_
+        context = key_context(self._context_prefix, key_bytes, _CODE_BY_VALUE[category_value], expires_at)
         database, statement = store._db, store._sql.upsert_record
         as_bytes = database.dialect_name == "mysql"  # PyMySQL cannot send a bytearray
         for _ in range(_STALE_KEY_RETRIES):
@@ -203,7 +207,7 @@ class Workspace:
             sealed = seal_value(data_key, context, value)
             if as_bytes and not isinstance(sealed, bytes):
                 sealed = bytes(sealed)
-            row = (workspace_id, key_bytes, chosen.value, data_key.version, now, now, expires_at, sealed)
+            row = (workspace_id, key_bytes, category_value, data_key.version, now, now, expires_at, sealed)
             try:
                 database.execute(statement, *row)
                 return
@@ -229,7 +233,7 @@ class Workspace:
         row = store._db.fetchone(store._sql.select_record, workspace_id, key_bytes)
         if row is None:
             return None
-        return self._open_row(key, key_bytes, workspace_id, *row)
+        return self._open_row(key, key_bytes, workspace_id, now_micros(), *row)
 
     def exist(self, key: str) -> bool:
         """Whether ``key`` holds an unexpired value (the value is not decrypted)."""
@@ -283,24 +287,29 @@ class Workspace:
         if not checked:
             return
         now, expires_at = self._expiry(chosen, seconds)
-        code = CATEGORY_CODES[chosen]
-        contexts = [
-            (key_bytes, record_context(self._name_bytes, key_bytes, code, expires_at), value)
-            for key_bytes, value in checked.items()
+        category_value = chosen._value_
+        code, prefix = _CODE_BY_VALUE[category_value], self._context_prefix
+        to_seal = [
+            (key_context(prefix, key_bytes, code, expires_at), value) for key_bytes, value in checked.items()
         ]
         database, statement = store._db, store._sql.upsert_record
         as_bytes = database.dialect_name == "mysql"  # PyMySQL cannot send a bytearray
         for _ in range(_STALE_KEY_RETRIES):
             workspace_id, data_key = self._keys.current(self._name_bytes)
-            rows = []
-            for key_bytes, context, value in contexts:
-                sealed = seal_value(data_key, context, value)
-                if as_bytes and not isinstance(sealed, bytes):
-                    sealed = bytes(sealed)
-                rows.append(
-                    (workspace_id, key_bytes, chosen.value, data_key.version, now, now, expires_at, sealed)
+            version = data_key.version
+            rows = [
+                (
+                    workspace_id,
+                    key_bytes,
+                    category_value,
+                    version,
+                    now,
+                    now,
+                    expires_at,
+                    bytes(sealed) if as_bytes and not isinstance(sealed, bytes) else sealed,
                 )
-
+                for key_bytes, sealed in zip(checked, seal_values(data_key, to_seal), strict=True)
+            ]
             try:
                 database.transaction(partial(_write_rows, statement, rows), write=True)
                 return
@@ -337,14 +346,36 @@ class Workspace:
             # The audit step for token reads belongs here, in this transaction.
             return rows
 
-        found = {bytes(row[0]): row[1:] for row in store._db.transaction(read, write=False)}
+        found = {bytes(row[0]): row for row in store._db.transaction(read, write=False)}
+        now = now_micros()
+        prefix = self._context_prefix
+        data_keys: dict[int, DataKey] = {}  # by version, for this call
         result: dict[str, bytes] = {}
         for key_bytes, key in wanted.items():
             row = found.get(key_bytes)
-            if row is not None:
-                value = self._open_row(key, key_bytes, workspace_id, *row)
-                if value is not None:
-                    result[key] = value
+            if row is None:
+                continue
+            _, category_value, dek_version, expires_at, blob = row
+            if expires_at is not None and expires_at <= now:
+                continue
+            # The common case in a few steps; anything unusual (a data key not yet seen in
+            # this call, a tampered or destroyed record) goes the way get() goes.
+            data_key = data_keys.get(dek_version)
+            code = _CODE_BY_VALUE.get(category_value)
+            value: bytes | None = None
+            if data_key is not None and code is not None:
+                try:
+                    value = open_value(data_key, key_context(prefix, key_bytes, code, expires_at), blob)
+                except SecureKVError:
+                    value = None
+            if value is None:
+                value = self._open_row(key, key_bytes, workspace_id, now, *row[1:])
+                if value is None:
+                    continue
+                found_key = self._keys.version(workspace_id, self._name_bytes, dek_version)
+                if found_key is not None:
+                    data_keys[dek_version] = found_key
+            result[key] = value
         return result
 
     def delete_many(self, keys: Iterable[str]) -> None:
@@ -391,16 +422,17 @@ class Workspace:
         key: str,
         key_bytes: bytes,
         workspace_id: int,
+        now: int,
         category_value: str,
         dek_version: int,
         expires_at: int | None,
         blob: Buffer,
     ) -> bytes | None:
-        """Authenticate and decrypt one record as read; ``None`` if it has expired."""
-        if expires_at is not None and expires_at <= now_micros():
+        """Authenticate and decrypt one record as read; ``None`` if it expired before ``now``."""
+        if expires_at is not None and expires_at <= now:
             return None
-        category = _CATEGORY_BY_VALUE.get(category_value)
-        if category is None:
+        code = _CODE_BY_VALUE.get(category_value)
+        if code is None:
             raise self._tampered(key)
         try:
             header = parse_header(blob)
@@ -416,7 +448,7 @@ class Workspace:
             raise type(error)(f"cannot open {self._describe(key)}: {error}") from None
         if data_key is None:
             return None  # its data key was destroyed: the workspace is being shredded
-        context = record_context(self._name_bytes, key_bytes, CATEGORY_CODES[category], expires_at)
+        context = key_context(self._context_prefix, key_bytes, code, expires_at)
         try:
             return open_value(data_key, context, blob, header)
         except AuthenticationError:

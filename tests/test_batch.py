@@ -304,3 +304,32 @@ def test_a_write_sealed_under_a_retired_data_key_is_resealed(
         versions = connection.execute(sa.text("SELECT DISTINCT dek_version FROM skv_records")).scalars().all()
     assert versions == [2]
     assert ws.get_many(["k"]) == {"k": b"v"}
+
+
+def test_get_many_leaves_out_records_whose_data_key_was_destroyed(
+    store: SecureStore, engine: sa.Engine
+) -> None:
+    ws = store.workspace("tenant")
+    ws.set_many({"a": b"1", "b": b"2"})
+    store._keys.clear()  # another process shredded the workspace: nothing cached here
+    with engine.begin() as connection:
+        connection.execute(sa.text("UPDATE skv_data_keys SET wrapped = NULL"))
+    assert ws.get_many(["a", "b"]) == {}
+
+
+def test_get_many_detects_a_flipped_bit_after_good_records(store: SecureStore, engine: sa.Engine) -> None:
+    ws = store.workspace("tenant")
+    ws.set_many({f"k{i}": b"value" for i in range(5)})
+    with engine.connect() as connection:
+        blob = bytearray(
+            connection.execute(
+                sa.text("SELECT value FROM skv_records WHERE record_key = :k"), {"k": b"k3"}
+            ).scalar_one()
+        )
+    blob[-1] ^= 1
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text("UPDATE skv_records SET value = :v WHERE record_key = :k"), {"v": bytes(blob), "k": b"k3"}
+        )
+    with pytest.raises(AuthenticationError, match="'k3'"):
+        ws.get_many([f"k{i}" for i in range(5)])
