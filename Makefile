@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 
 .PHONY: demo test lint typecheck fuzz bench clean
 
@@ -27,8 +28,14 @@ test: lint
 fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -m "not slow" tests/test_properties.py
 
-bench: $(STAMP)
-	$(BIN)/python bench/bench_ops.py
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+# The full suite takes about 10-15 minutes on a 2-core machine (BENCH_ARGS=--quick: ~2);
+# it writes bench/results.json, the tables in docs/performance.md and docs/performance.png.
+bench: $(BENCH_STAMP)
+	$(BIN)/python bench/suite.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info
