@@ -212,7 +212,7 @@ class Database:
         self._waiting = 0
         self._closed = False
         self._generation = _fork_generation
-        self._inherited: list[_Pooled] = []
+        self._inherited: list[object] = []  # a parent's connections, in a forked child
 
     def _install_events(self, settings: Settings) -> None:
         if self.dialect_name == "sqlite":
@@ -269,23 +269,27 @@ class Database:
     def _connect_or_wait(self) -> _Pooled:
         deadline = time.monotonic() + POOL_TIMEOUT_SECONDS
         with self._lock:
-            while True:
-                if self._idle:
-                    return self._idle.pop()
-                if self._open < HOT_POOL_SIZE:
-                    self._open += 1
-                    break
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise StorageError(
-                        f"all {HOT_POOL_SIZE} connections to {safe_url(self.url)} stayed busy for "
-                        f"{POOL_TIMEOUT_SECONDS} s: too many threads at once, or calls that never return"
-                    )
-                self._waiting += 1
-                try:
-                    self._returned.wait(remaining)
-                finally:
-                    self._waiting -= 1
+            # Counted before looking at the idle connections, so a connection returned
+            # after the look sees a waiter and notifies (see _checkin).
+            self._waiting += 1
+            try:
+                while True:
+                    try:
+                        return self._idle.pop()  # other threads pop without the lock
+                    except IndexError:
+                        pass
+                    if self._open < HOT_POOL_SIZE:
+                        self._open += 1
+                        break
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise StorageError(
+                            f"all {HOT_POOL_SIZE} connections to {safe_url(self.url)} stayed busy for "
+                            f"{POOL_TIMEOUT_SECONDS} s: too many threads at once, or calls that never return"
+                        )
+                    self._returned.wait(min(remaining, 1.0))
+            finally:
+                self._waiting -= 1
         try:
             try:
                 fairy = self.engine.raw_connection()
@@ -350,7 +354,11 @@ class Database:
             self._inherited.extend(self._idle)
             self._idle = deque()
             self._open = 0
-            self.engine.dispose(close=False)  # SQLAlchemy's advice for its own pool
+            # SQLAlchemy's advice for its own pool, keeping the old pool referenced too:
+            # garbage-collecting an inherited SQLite connection closes it, and SQLite
+            # forbids that in a child (it may checkpoint or remove the parent's WAL).
+            self._inherited.append(self.engine.pool)
+            self.engine.dispose(close=False)
             self._generation = _fork_generation
 
     def _end_failed(self, pooled: _Pooled) -> None:
