@@ -51,6 +51,7 @@ __all__ = [
     "Header",
     "context_prefix",
     "key_context",
+    "open_record",
     "open_value",
     "parse_header",
     "record_context",
@@ -287,3 +288,28 @@ def open_value(data_key: DataKey, context: bytes, blob: Buffer, header: Header |
             return aead.decrypt(header.nonce, view[HEADER_BYTES:], view[:HEADER_BYTES].tobytes() + context)
     except InvalidTag:
         raise AuthenticationError("sealed value failed authentication") from None
+
+
+def open_record(
+    data_key: DataKey, prefix: bytes, key: bytes, category_code: int, expires_at: int | None, blob: Buffer
+) -> bytes:
+    """``open_value(data_key, key_context(prefix, key, ...), blob)`` in one step, for batches:
+    a well-formed small blob is opened without building a :class:`Header`; anything else
+    takes the general path (and raises what it raises)."""
+    if SEAL_OVERHEAD <= len(blob) < _IN_PLACE_THRESHOLD:
+        form, algorithm, version, salt, nonce = HEADER.unpack_from(blob)
+        if form == FORMAT_VERSION and algorithm == ALGORITHM_AES256GCM_HKDF and version == data_key.version:
+            aad = b"".join(
+                (
+                    blob[:HEADER_BYTES],
+                    prefix,
+                    _U16.pack(len(key)),
+                    key,
+                    _CONTEXT_TAIL.pack(category_code, NO_EXPIRY if expires_at is None else expires_at),
+                )
+            )
+            try:
+                return data_key.reader(salt).decrypt(nonce, blob[HEADER_BYTES:], aad)
+            except InvalidTag:
+                raise AuthenticationError("sealed value failed authentication") from None
+    return open_value(data_key, key_context(prefix, key, category_code, expires_at), blob)

@@ -16,7 +16,16 @@ from typing import Any
 from .categories import CATEGORY_CODES, Category, parse_category
 from .database import Database, safe_url
 from .datakeys import DataKeys, check_master_key, now_micros
-from .envelope import DataKey, context_prefix, key_context, open_value, parse_header, seal_value, seal_values
+from .envelope import (
+    DataKey,
+    context_prefix,
+    key_context,
+    open_record,
+    open_value,
+    parse_header,
+    seal_value,
+    seal_values,
+)
 from .errors import (
     AuthenticationError,
     InvalidInputError,
@@ -365,7 +374,7 @@ class Workspace:
             value: bytes | None = None
             if data_key is not None and code is not None:
                 try:
-                    value = open_value(data_key, key_context(prefix, key_bytes, code, expires_at), blob)
+                    value = open_record(data_key, prefix, key_bytes, code, expires_at, blob)
                 except SecureKVError:
                     value = None
             if value is None:
