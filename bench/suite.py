@@ -107,7 +107,7 @@ class Config:
     def for_mode(cls, quick: bool, records: int | None) -> Config:
         if quick:
             return cls(3, 50, 2, 2, 1, 3, 3, records or 10_000)
-        return cls(15, 200, 5, 7, 3, 7, 7, records or 1_000_000)
+        return cls(15, 200, 5, 7, 3, 15, 7, records or 1_000_000)
 
 
 # --- databases ----------------------------------------------------------------------
