@@ -32,7 +32,7 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
 
-# The full suite takes about 10-15 minutes on a 2-core machine (BENCH_ARGS=--quick: ~2);
+# The full suite takes 6-10 minutes on a 2-core machine (BENCH_ARGS=--quick: ~2);
 # it writes bench/results.json, the tables in docs/performance.md and docs/performance.png.
 bench: $(BENCH_STAMP)
 	$(BIN)/python bench/suite.py $(BENCH_ARGS)

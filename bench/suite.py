@@ -25,7 +25,7 @@ Method (shared, noisy 2-core machines)
 
 Usage (from the repo root; ``make bench`` runs the full suite and writes the report)::
 
-    python bench/suite.py                  # full run, ~10 minutes on the bench machine
+    python bench/suite.py                  # full run, 6-10 minutes on the bench machine
     python bench/suite.py --quick          # smoke run, about a minute, 10,000 records
     python bench/suite.py --records 100000 # a shorter record-count section
     python bench/suite.py --no-postgres    # SQLite only
