@@ -4,8 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: demo test lint typecheck fuzz bench bench-audit clean
+.PHONY: demo test lint typecheck fuzz bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,11 +28,16 @@ test: lint
 fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -m "not slow" tests/test_properties.py
 
-bench: $(STAMP)
-	$(BIN)/python bench/bench_ops.py
-	$(BIN)/python bench/bench_rotation.py
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
 
-bench-audit: $(STAMP)
+# The full suite takes 10-15 minutes on a 2-core machine (BENCH_ARGS=--quick: a few);
+# suite.py writes bench/results.json, the tables in docs/performance.md and
+# docs/performance.png; the rotation and audit benchmarks print their ratios.
+bench: $(BENCH_STAMP)
+	$(BIN)/python bench/suite.py $(BENCH_ARGS)
+	$(BIN)/python bench/bench_rotation.py
 	$(BIN)/python bench/bench_audit.py
 
 clean:

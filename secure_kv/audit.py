@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.pool import PoolProxiedConnection
+from sqlalchemy.engine.interfaces import DBAPIConnection
 
 from .audit_events import Event, event_digest, genesis_digest
 from .audit_keys import SigningKey, load_signing_key, rewrap_signing_keys
@@ -75,7 +75,7 @@ class Appender:
 
     __slots__ = ("_chain", "_connection", "_log", "_pending", "sent")
 
-    def __init__(self, audit: AuditLog, connection: PoolProxiedConnection, chain: _Chain) -> None:
+    def __init__(self, audit: AuditLog, connection: DBAPIConnection, chain: _Chain) -> None:
         self._log = audit
         self._connection = connection
         self._chain = chain
@@ -189,7 +189,7 @@ class AuditLog:
 
     # --- appending -----------------------------------------------------------------------
 
-    def run(self, body: Callable[[PoolProxiedConnection, Appender], T], *, transaction: bool = True) -> T:
+    def run(self, body: Callable[[DBAPIConnection, Appender], T], *, transaction: bool = True) -> T:
         """Run ``body`` on a pooled connection, in one transaction (``BEGIN`` ... ``COMMIT``)
         unless ``transaction`` is false (then ``body`` runs one auto-committed statement that
         appends). ``body`` appends events through the :class:`Appender` it is given.
@@ -199,7 +199,7 @@ class AuditLog:
         """
         leased: list[_Chain] = []
 
-        def work(connection: PoolProxiedConnection) -> T:
+        def work(connection: DBAPIConnection) -> T:
             chain = self._lease()
             leased.append(chain)
             append = Appender(self, connection, chain)
@@ -226,7 +226,7 @@ class AuditLog:
 
     def append_now(
         self,
-        connection: PoolProxiedConnection,
+        connection: DBAPIConnection,
         event: Event,
         unchanged_since_read: tuple[int, bytes, int, bytes] | None = None,
     ) -> bool:
@@ -337,7 +337,7 @@ def _first_line(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
-def _execute(connection: PoolProxiedConnection, sql: str) -> None:
+def _execute(connection: DBAPIConnection, sql: str) -> None:
     cursor = connection.cursor()
     try:
         cursor.execute(sql)
@@ -345,7 +345,7 @@ def _execute(connection: PoolProxiedConnection, sql: str) -> None:
         cursor.close()
 
 
-def _rollback_quietly(connection: PoolProxiedConnection) -> None:
+def _rollback_quietly(connection: DBAPIConnection) -> None:
     try:
         _execute(connection, "ROLLBACK")
     except Exception:  # noqa: S110 - the connection is dropped by Database.run if unusable

@@ -5,23 +5,48 @@ operation (most set/get/delete calls) costs one round trip; multi-statement work
 explicit transaction, either through SQLAlchemy (its "begin" event emits ``BEGIN``) or on
 the raw connection. Bound parameters are hidden from SQLAlchemy's error messages: they
 would carry ciphertext and wrapped keys.
+
+The hot path (set/get/exist/delete and the batch calls) does not check connections out of
+SQLAlchemy's pool: at ~100 µs per operation, its checkout and return (events, weak
+references, a queue with a condition variable) cost more than AES-GCM. It keeps its own
+small LIFO pool instead: connections made by the engine (so every "connect" event and
+dialect setting applies) and then detached from SQLAlchemy's pool, each with one reusable
+cursor; taking one is a ``deque.pop()``. It stays correct where a per-thread connection
+would not:
+
+* threads: a connection is held only for the length of one call, so idle or finished
+  threads pin nothing, and at most ``HOT_POOL_SIZE`` connections are ever open (a caller
+  finding all of them busy waits, as with SQLAlchemy's pool);
+* forks: a child never uses (nor closes: that would end the parent's session on the
+  server) a connection it inherited; it opens its own;
+* lost connections: the dead connection and every idle one are dropped, the engine's pool
+  is disposed, and idempotent work runs once more on a fresh connection;
+* server-side idle timeouts: connections older than ``POOL_RECYCLE_SECONDS`` are replaced;
+* ``close()``: idle connections are closed at once, busy ones when their call returns.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import threading
+import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine
-from sqlalchemy.pool import PoolProxiedConnection
+from sqlalchemy.engine.interfaces import DBAPIConnection
 
 from .errors import ConfigurationError, StorageError
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .statements import Statement
 
 __all__ = ["Database", "safe_url"]
 
@@ -51,6 +76,45 @@ _MYSQL_CHECK_ABOVE = 1 << 20
 # Room for the statement around the value: SQL text, escaped key and workspace.
 _MYSQL_STATEMENT_MARGIN = 64 * 1024
 _MYSQL_ESCAPED_BYTES = tuple(bytes([b]) for b in b"\x00\n\r\x1a\\'\"")
+# Connections the hot path keeps open at most: SQLAlchemy's default pool_size (5) plus
+# max_overflow (10), plus one. A call finding all of them busy waits for one.
+HOT_POOL_SIZE = 16
+POOL_TIMEOUT_SECONDS = 30
+
+# Opening BEGIN of a batch, per dialect: (writes, reads). Writes on SQLite take the write
+# lock up front (BEGIN IMMEDIATE), so the transaction never fails half-way with "database
+# is locked". Reads that span several statements need one snapshot: SQLite's deferred
+# BEGIN gives one at the first read, PostgreSQL needs REPEATABLE READ (READ COMMITTED
+# takes a snapshot per statement), InnoDB takes one at START TRANSACTION WITH CONSISTENT
+# SNAPSHOT under its default REPEATABLE READ.
+_BEGIN = {
+    "sqlite": ("BEGIN IMMEDIATE", "BEGIN"),
+    "postgresql": ("BEGIN", "BEGIN ISOLATION LEVEL REPEATABLE READ"),
+    "mysql": ("START TRANSACTION", "START TRANSACTION WITH CONSISTENT SNAPSHOT"),
+}
+
+_fork_generation = 0
+
+
+def _after_fork_in_child() -> None:
+    global _fork_generation
+    _fork_generation += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class _Pooled:
+    """A hot-path connection, its reusable cursor, and when it must be replaced."""
+
+    __slots__ = ("connection", "cursor", "generation", "retire_at")
+
+    def __init__(self, connection: DBAPIConnection, retire_at: float) -> None:
+        self.connection = connection
+        self.cursor = connection.cursor()
+        self.retire_at = retire_at
+        self.generation = _fork_generation
 
 
 def safe_url(url: URL | str) -> str:
@@ -149,6 +213,17 @@ class Database:
         assert dbapi is not None
         self.dbapi_error: type[Exception] = dbapi.Error
         self.integrity_error: type[Exception] = dbapi.IntegrityError
+        self._begin = _BEGIN[self.dialect_name]
+        # SQLite files do not time out idle connections; servers and proxies do.
+        self._recycle = math.inf if self.dialect_name == "sqlite" else float(POOL_RECYCLE_SECONDS)
+        self._idle: deque[_Pooled] = deque()
+        self._open = 0  # hot-path connections open now, idle or busy
+        self._lock = threading.Lock()
+        self._returned = threading.Condition(self._lock)
+        self._waiting = 0
+        self._closed = False
+        self._generation = _fork_generation
+        self._inherited: list[object] = []  # a parent's connections, in a forked child
 
     def _install_events(self, settings: Settings) -> None:
         if self.dialect_name == "sqlite":
@@ -188,52 +263,146 @@ class Database:
                 f"database error on {safe_url(self.url)}: {_first_line(error.orig)}"
             ) from error
 
-    def run(self, work: Callable[[PoolProxiedConnection], T], *, retry: bool = True) -> T:
-        """Run ``work`` on a pooled DBAPI connection (autocommit mode).
+    # --- the hot path's connections ----------------------------------------------------
 
-        If the connection turns out to be dead (server restarted, backend killed), the pool
-        is refreshed and ``work`` runs once more when ``retry`` is true, so only idempotent
-        work may ask for it; the same goes for a statement the server rolled back as a
-        deadlock victim. Any other driver error becomes :class:`StorageError`, except
-        integrity errors, which the caller handles.
-        """
-        attempts = 2 if retry else 1
-        for attempt in range(attempts):
+    def _checkout(self) -> _Pooled:
+        if self._generation != _fork_generation:
+            self._after_fork()
+        while True:
             try:
-                connection = self.engine.raw_connection()
+                pooled = self._idle.pop()
+            except IndexError:
+                pooled = self._connect_or_wait()
+            if pooled.retire_at > time.monotonic():
+                return pooled
+            self._discard(pooled)
+
+    def _connect_or_wait(self) -> _Pooled:
+        deadline = time.monotonic() + POOL_TIMEOUT_SECONDS
+        with self._lock:
+            # Counted before looking at the idle connections, so a connection returned
+            # after the look sees a waiter and notifies (see _checkin).
+            self._waiting += 1
+            try:
+                while True:
+                    try:
+                        return self._idle.pop()  # other threads pop without the lock
+                    except IndexError:
+                        pass
+                    if self._open < HOT_POOL_SIZE:
+                        self._open += 1
+                        break
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise StorageError(
+                            f"all {HOT_POOL_SIZE} connections to {safe_url(self.url)} stayed busy for "
+                            f"{POOL_TIMEOUT_SECONDS} s: too many threads at once, or calls that never return"
+                        )
+                    self._returned.wait(min(remaining, 1.0))
+            finally:
+                self._waiting -= 1
+        try:
+            try:
+                fairy = self.engine.raw_connection()
             except sa.exc.DBAPIError as error:
                 raise StorageError(
                     f"cannot connect to {safe_url(self.url)}: {_first_line(error.orig)}"
                 ) from None
             except self.dbapi_error as error:  # the pool lets the driver's own error through
                 raise StorageError(f"cannot connect to {safe_url(self.url)}: {_first_line(error)}") from None
+            # Out of SQLAlchemy's pool: from now on this pool alone owns and closes it.
+            connection = fairy.dbapi_connection
+            assert connection is not None
+            fairy.detach()
+            return _Pooled(connection, time.monotonic() + self._recycle)
+        except BaseException:
+            self._forget_one()
+            raise
+
+    def _checkin(self, pooled: _Pooled) -> None:
+        if pooled.generation != _fork_generation:
+            self._inherited.append(pooled)  # checked out before a fork: see _after_fork
+            return
+        if self._closed:
+            self._discard(pooled)
+            return
+        self._idle.append(pooled)
+        if self._waiting:
+            with self._lock:
+                self._returned.notify()
+        if self._closed:  # close() ran between the check above and the append
+            self._close_idle()
+
+    def _discard(self, pooled: _Pooled) -> None:
+        try:
+            pooled.connection.close()
+        except Exception:  # noqa: S110 (a dead connection may refuse even to close)
+            pass
+        self._forget_one()
+
+    def _forget_one(self) -> None:
+        with self._lock:
+            self._open -= 1
+            self._returned.notify()
+
+    def _close_idle(self) -> None:
+        while True:
             try:
-                result = work(connection)
-            except self.integrity_error:
-                self._end_failed(connection)
-                raise
-            except self.dbapi_error as error:
-                disconnected = self.engine.dialect.is_disconnect(error, connection.dbapi_connection, None)  # type: ignore[arg-type]
-                if disconnected:
-                    connection.invalidate(error)
-                    # Every idle connection in the pool most likely died with this one.
-                    self.engine.dispose()
-                    if attempt + 1 < attempts:
-                        continue
-                    raise StorageError(
-                        f"lost the connection to {safe_url(self.url)}: {_first_line(error)}"
-                    ) from None
-                self._end_failed(connection)
-                if self.is_transient(error) and attempt + 1 < attempts:
-                    continue
-                raise StorageError(f"database error on {safe_url(self.url)}: {_first_line(error)}") from None
-            except BaseException:
-                self._end_failed(connection)
-                raise
-            else:
-                connection.close()
-                return result
-        raise AssertionError("unreachable")
+                pooled = self._idle.pop()
+            except IndexError:
+                return
+            self._discard(pooled)
+
+    def _after_fork(self) -> None:
+        # In a forked child. The parent's connections share their sockets and files with
+        # the parent: using one would interleave two processes on one session, and closing
+        # one (even by garbage collection) would end the parent's session on the server or
+        # drop its SQLite locks. Keep them referenced, unused, for the child's lifetime.
+        with _FORK_LOCK:
+            if self._generation == _fork_generation:
+                return
+            self._lock = threading.Lock()
+            self._returned = threading.Condition(self._lock)
+            self._waiting = 0
+            self._inherited.extend(self._idle)
+            self._idle = deque()
+            self._open = 0
+            # SQLAlchemy's advice for its own pool, keeping the old pool referenced too:
+            # garbage-collecting an inherited SQLite connection closes it, and SQLite
+            # forbids that in a child (it may checkpoint or remove the parent's WAL).
+            self._inherited.append(self.engine.pool)
+            self.engine.dispose(close=False)
+            self._generation = _fork_generation
+
+    def _end_failed(self, pooled: _Pooled) -> None:
+        try:
+            pooled.connection.rollback()
+        except Exception:  # the connection is unusable; drop it
+            self._discard(pooled)
+        else:
+            self._checkin(pooled)
+
+    def _failed(self, pooled: _Pooled, error: BaseException, *, can_retry: bool) -> None:
+        """Clean up after ``error`` on ``pooled``; return only if the work should run again.
+
+        Integrity errors and non-database errors are re-raised as they are (callers handle
+        integrity errors); other driver errors become :class:`StorageError`.
+        """
+        if isinstance(error, self.integrity_error) or not isinstance(error, self.dbapi_error):
+            self._end_failed(pooled)
+            raise error
+        if self.engine.dialect.is_disconnect(error, pooled.connection, pooled.cursor):  # type: ignore[arg-type]
+            self._discard(pooled)
+            # Every idle connection most likely died with this one (server restart).
+            self._close_idle()
+            self.engine.dispose()
+            if can_retry:
+                return
+            raise StorageError(f"lost the connection to {safe_url(self.url)}: {_first_line(error)}") from None
+        self._end_failed(pooled)
+        if can_retry and self.is_transient(error):
+            return  # a deadlock victim or lock-wait timeout: the server rolled it back
+        raise StorageError(f"database error on {safe_url(self.url)}: {_first_line(error)}") from None
 
     def check_packet_size(self, blob: bytes) -> None:
         """Refuse a value MySQL/MariaDB would refuse, with an error naming the setting.
@@ -270,19 +439,97 @@ class Database:
             return bool(args) and args[0] in _TRANSIENT_MYSQL_CODES
         return False
 
-    @staticmethod
-    def _end_failed(connection: PoolProxiedConnection) -> None:
+    # --- running work ----------------------------------------------------------------
+
+    def fetchone(self, statement: Statement, *values: Any) -> Any:
+        """One row of an idempotent query (or ``None``), on a hot-path connection."""
+        pooled = self._checkout()
         try:
-            connection.rollback()
-            connection.close()
-        except Exception as error:  # the connection is unusable; drop it from the pool
-            connection.invalidate(error)
+            cursor = pooled.cursor
+            cursor.execute(statement.sql, statement.arguments(values))
+            row = cursor.fetchone()
+        except BaseException as error:
+            self._failed(pooled, error, can_retry=True)
+            return self.run(lambda c: statement.fetchone(c, *values), retry=False)
+        self._checkin(pooled)
+        return row
+
+    def execute(self, statement: Statement, *values: Any) -> int:
+        """Run an idempotent statement in autocommit mode; the affected row count."""
+        pooled = self._checkout()
+        try:
+            cursor = pooled.cursor
+            cursor.execute(statement.sql, statement.arguments(values))
+            count = cursor.rowcount
+        except BaseException as error:
+            self._failed(pooled, error, can_retry=True)
+            return self.run(lambda c: statement.run(c, *values), retry=False)
+        self._checkin(pooled)
+        return int(count)
+
+    def run(self, work: Callable[[DBAPIConnection], T], *, retry: bool = True) -> T:
+        """Run ``work`` on a hot-path DBAPI connection (autocommit mode).
+
+        If the connection turns out to be dead (server restarted, backend killed), the pool
+        is refreshed and ``work`` runs once more when ``retry`` is true, so only idempotent
+        work may ask for it. Any other driver error becomes :class:`StorageError`, except
+        integrity errors, which the caller handles. ``work`` may leave a transaction open
+        only by raising: the connection is rolled back then.
+        """
+        attempts = 2 if retry else 1
+        for attempt in range(attempts):
+            pooled = self._checkout()
+            try:
+                result = work(pooled.connection)
+            except BaseException as error:
+                self._failed(pooled, error, can_retry=attempt + 1 < attempts)
+                continue
+            self._checkin(pooled)
+            return result
+        raise AssertionError("unreachable")
+
+    def transaction(self, work: Callable[[DBAPIConnection], T], *, write: bool, retry: bool = True) -> T:
+        """Run ``work`` between BEGIN and COMMIT on a hot-path connection.
+
+        ``write`` picks the opening statement (see ``_BEGIN``): the write lock up front on
+        SQLite, one snapshot for every read otherwise. Anything ``work`` raises rolls the
+        transaction back. With ``retry``, the whole transaction runs again after a lost
+        connection, so ``work`` must be idempotent as a whole.
+        """
+        begin = self._begin[0 if write else 1]
+
+        def whole(connection: DBAPIConnection) -> T:
+            cursor = connection.cursor()
+            try:
+                cursor.execute(begin)
+            finally:
+                cursor.close()
+            result = work(connection)
+            connection.commit()
+            return result
+
+        return self.run(whole, retry=retry)
 
     def close(self) -> None:
+        """Close idle connections now, busy ones when their call ends; dispose the engine."""
+        self._closed = True
+        self._close_idle()
         self.engine.dispose()
 
 
-def _scalar(connection: PoolProxiedConnection, sql: str) -> Any:
+_FORK_LOCK = threading.Lock()
+
+
+def _reset_fork_lock() -> None:
+    global _FORK_LOCK
+    _FORK_LOCK = threading.Lock()  # another thread may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_fork_lock)
+
+
+def _scalar(connection: DBAPIConnection, sql: str) -> Any:
     cursor = connection.cursor()
     try:
         cursor.execute(sql)

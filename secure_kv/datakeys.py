@@ -120,7 +120,7 @@ class DataKeys:
         """The workspace's id, or ``None`` if nothing was ever written there."""
         found = self._ids.get(name)
         if found is None:
-            row = self._db.run(lambda c: self._sql.select_workspace_id.fetchone(c, name))
+            row = self._db.fetchone(self._sql.select_workspace_id, name)
             if row is None:
                 return None
             found = int(row[0])
@@ -154,7 +154,7 @@ class DataKeys:
         found = self._versions.get((workspace_id, version))
         if found is not None:
             return found  # type: ignore[no-any-return]
-        row = self._db.run(lambda c: self._sql.select_data_key.fetchone(c, workspace_id, version))
+        row = self._db.fetchone(self._sql.select_data_key, workspace_id, version)
         if row is None:
             raise MissingDataKeyError(
                 f"a record of workspace {_show(name)} names data key version {version}, "
@@ -178,9 +178,9 @@ class DataKeys:
 
     def _load_current(self, name: bytes) -> tuple[int, DataKey]:
         for _ in range(_MAX_CREATE_ATTEMPTS):
-            row = self._db.run(lambda c: self._sql.select_current_key.fetchone(c, name))
+            row = self._db.fetchone(self._sql.select_current_key, name)
             if row is None:
-                self._db.run(lambda c: self._sql.insert_workspace.run(c, name, 0, now_micros()))
+                self._db.execute(self._sql.insert_workspace, name, 0, now_micros())
                 continue
             workspace_id, last_version, kek_id, wrapped = int(row[0]), int(row[1]), row[2], row[3]
             self._remember_id(name, workspace_id)

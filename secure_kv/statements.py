@@ -7,18 +7,23 @@ costs more than the encryption itself.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Dialect
-from sqlalchemy.pool import PoolProxiedConnection
+from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.sql.elements import ClauseElement
 
 from .schema import data_keys, records, workspaces
 
-__all__ = ["Statement", "Statements", "insert_or_ignore", "upsert"]
+__all__ = ["IN_LIST_MAX", "Statement", "Statements", "in_list_chunks", "insert_or_ignore", "upsert"]
+
+# Keys per IN list in batch reads and deletes. SQLite before 3.32 allows 999 bound
+# parameters per statement, PostgreSQL (psycopg) 65,535; PyMySQL binds client-side, where
+# only max_allowed_packet counts (512 keys of at most 256 bytes stay far below it).
+IN_LIST_MAX = 512
 
 
 class Statement:
@@ -49,26 +54,19 @@ class Statement:
             return tuple(values[i] for i in self._permutation)
         return values
 
-    def execute(self, connection: PoolProxiedConnection, *values: Any) -> Any:
+    def execute(self, connection: DBAPIConnection, *values: Any) -> Any:
         cursor = connection.cursor()
         cursor.execute(self.sql, self.arguments(values))
         return cursor
 
-    def fetchone(self, connection: PoolProxiedConnection, *values: Any) -> Any:
+    def fetchone(self, connection: DBAPIConnection, *values: Any) -> Any:
         cursor = self.execute(connection, *values)
         try:
             return cursor.fetchone()
         finally:
             cursor.close()
 
-    def fetchall(self, connection: PoolProxiedConnection, *values: Any) -> list[Any]:
-        cursor = self.execute(connection, *values)
-        try:
-            return list(cursor.fetchall())
-        finally:
-            cursor.close()
-
-    def run(self, connection: PoolProxiedConnection, *values: Any) -> int:
+    def run(self, connection: DBAPIConnection, *values: Any) -> int:
         """Execute and return the affected row count."""
         cursor = self.execute(connection, *values)
         try:
@@ -76,14 +74,35 @@ class Statement:
         finally:
             cursor.close()
 
-    def run_many(self, connection: PoolProxiedConnection, rows: Sequence[Sequence[Any]]) -> None:
-        """Execute once per row of values (the driver's ``executemany``)."""
+    def fetchall(self, connection: DBAPIConnection, *values: Any) -> list[Any]:
+        cursor = self.execute(connection, *values)
+        try:
+            return list(cursor.fetchall())
+        finally:
+            cursor.close()
+
+    def run_many(self, connection: DBAPIConnection, rows: Iterable[Sequence[Any]]) -> None:
+        """``executemany``: one statement, many rows. Each driver sends it efficiently:
+        SQLite steps one prepared statement, psycopg pipelines, PyMySQL rewrites an INSERT
+        into multi-row VALUES of at most ~1 MB each."""
         cursor = connection.cursor()
         try:
-            arguments: Any = [self.arguments(values) for values in rows]
+            arguments: Any = [self.arguments(row) for row in rows]
             cursor.executemany(self.sql, arguments)
         finally:
             cursor.close()
+
+
+def in_list_chunks(keys: Sequence[bytes]) -> list[tuple[bytes, ...]]:
+    """``keys`` cut into IN lists of at most ``IN_LIST_MAX``, each padded (by repeating its
+    last key, which changes no result) to a power of two, so a handful of compiled
+    statements serve every batch size."""
+    chunks: list[tuple[bytes, ...]] = []
+    for start in range(0, len(keys), IN_LIST_MAX):
+        chunk = tuple(keys[start : start + IN_LIST_MAX])
+        size = 1 << (len(chunk) - 1).bit_length()
+        chunks.append(chunk + (chunk[-1],) * (size - len(chunk)))
+    return chunks
 
 
 def _insert_for(dialect_name: str, table: sa.Table) -> Any:
@@ -125,6 +144,11 @@ class Statements:
     def __init__(self, dialect: Dialect, dialect_name: str) -> None:
         def compile_(clause: ClauseElement, *params: str) -> Statement:
             return Statement(clause, dialect, params)
+
+        self._dialect = dialect
+        self._select_records: dict[int, Statement] = {}
+        self._delete_records: dict[int, Statement] = {}
+        self._lock_records: dict[int, Statement] = {}
 
         r, w, d = records.c, workspaces.c, data_keys.c
         record_columns = (
@@ -211,4 +235,41 @@ class Statements:
             ),
             "workspace_id",
             "version",
+        )
+
+    def _in_list(self, cache: dict[int, Statement], size: int, build: Any) -> Statement:
+        found = cache.get(size)
+        if found is None:
+            names = tuple(f"k{i}" for i in range(size))
+            in_list = records.c.record_key.in_([sa.bindparam(name) for name in names])
+            clause = build(records.c.workspace_id == sa.bindparam("workspace_id"), in_list)
+            # Compiled at first use per size; two threads racing compile the same thing.
+            found = cache[size] = Statement(clause, self._dialect, ("workspace_id", *names))
+        return found
+
+    def select_records(self, size: int) -> Statement:
+        """Key, category, DEK version, expiry and value of up to ``size`` keys (a power of
+        two, see :func:`in_list_chunks`), called with the workspace id then the keys."""
+        r = records.c
+        return self._in_list(
+            self._select_records,
+            size,
+            lambda *where: sa.select(r.record_key, r.category, r.dek_version, r.expires_at, r.value).where(
+                *where
+            ),
+        )
+
+    def delete_records(self, size: int) -> Statement:
+        """Delete up to ``size`` keys of a workspace (see :meth:`select_records`)."""
+        return self._in_list(self._delete_records, size, lambda *where: sa.delete(records).where(*where))
+
+    def lock_records(self, size: int) -> Statement:
+        """Key, category and DEK version of up to ``size`` keys, row-locked (``FOR UPDATE``;
+        SQLite's write transaction locks everything already): what a batch write or delete
+        will replace, so that its audit events name exactly the rows it changed."""
+        r = records.c
+        return self._in_list(
+            self._lock_records,
+            size,
+            lambda *where: sa.select(r.record_key, r.category, r.dek_version).where(*where).with_for_update(),
         )

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any
 
+from . import batches
 from .audit import AuditLog, refused
 from .categories import CATEGORY_CODES, Category, parse_category
 from .credentials import find_credential
 from .database import Database, safe_url
 from .datakeys import DataKeys, MissingDataKeyError, check_master_key, now_micros
-from .envelope import HEADER_BYTES, open_value, parse_header, record_context, seal_value
+from .envelope import HEADER_BYTES, context_prefix, key_context, open_value, parse_header, seal_value
 from .errors import (
     AuthenticationError,
     InvalidInputError,
@@ -31,7 +33,7 @@ from .keys import MasterKeyProvider, provider_from_settings
 from .migrate import ensure_schema
 from .settings import CredentialPolicy, Settings, load_settings
 from .statements import Statements
-from .validation import check_key, check_ttl, check_value, check_workspace_name
+from .validation import Buffer, check_key, check_ttl, check_value, check_workspace_name
 
 __all__ = ["SecureStore", "Workspace"]
 
@@ -211,10 +213,11 @@ class SecureStore:
 class Workspace:
     """One namespace of a :class:`SecureStore`, with Dify's plugin-storage interface."""
 
-    __slots__ = ("_keys", "_name_bytes", "_store", "name")
+    __slots__ = ("_context_prefix", "_keys", "_name_bytes", "_store", "name")
 
     def __init__(self, store: SecureStore, name: str) -> None:
         self._name_bytes = check_workspace_name(name)
+        self._context_prefix = context_prefix(self._name_bytes)
         self.name = name
         self._store = store
         self._keys = store._keys
@@ -243,11 +246,9 @@ class Workspace:
         store._check_open()
         if chosen is not Category.TOKEN:
             chosen = self._apply_credential_policy(key, value, chosen)
-        if seconds is None and chosen is Category.CACHE:
-            seconds = settings.default_cache_ttl
         now = now_micros()
-        expires_at = None if seconds is None else now + max(1, math.ceil(seconds * 1_000_000))
-        context = record_context(self._name_bytes, key_bytes, CATEGORY_CODES[chosen], expires_at)
+        expires_at = self._expires_at(chosen, seconds, now)
+        context = key_context(self._context_prefix, key_bytes, CATEGORY_CODES[chosen], expires_at)
         database, audit = store._db, store._audit
         audited = chosen is Category.TOKEN or audit.audit_all_writes
         guarded = audit.statements.upsert_unless_token
@@ -266,11 +267,9 @@ class Workspace:
                     return
                 # Not audited, unless it would replace a token: then the guard refuses and
                 # the write is made again with its event.
-                count = database.run(lambda c: guarded.run(c, *row))  # noqa: B023 (called at once)
+                count = database.execute(guarded, *row)
                 if count == 1 and as_bytes:
-                    found = database.run(
-                        lambda c: audit.statements.select_category.fetchone(c, workspace_id, key_bytes)  # noqa: B023
-                    )
+                    found = database.fetchone(audit.statements.select_category, workspace_id, key_bytes)
                     count = 0 if found is not None and found[0] == _TOKEN else 1
                 if count == 0:
                     self._write_audited(row, "replaced a token")
@@ -342,23 +341,14 @@ class Workspace:
         workspace_id = self._keys.workspace_id(self._name_bytes)
         if workspace_id is None:
             return None
-        statement = store._sql.select_record
-
-        def read(connection: Any) -> tuple[bool, tuple[bytes, Category] | None]:
-            row = statement.fetchone(connection, workspace_id, key_bytes)
-            if row is None:
-                return True, None
-            found = self._open(key, key_bytes, workspace_id, row)
-            if found is None or row[0] != _TOKEN:
-                return True, found
-            # A token: its event goes out on the same connection, and only if the record
-            # is still the one just read; otherwise read again.
-            return self._audit_token_read(connection, key, key_bytes, workspace_id, row), found
-
+        database, statement = store._db, store._sql.select_record
         missing_key_seen = False
         for _ in range(_CHANGED_RETRIES):
+            row = database.fetchone(statement, workspace_id, key_bytes)
+            if row is None:
+                return None
             try:
-                done, found = store._db.run(read)
+                found = self._open(key, key_bytes, workspace_id, row)
             except MissingDataKeyError as error:
                 # A rotation may have re-encrypted the record and retired the key version it
                 # named between our two queries: read the row again. Only a record that
@@ -368,7 +358,11 @@ class Workspace:
                     raise AuthenticationError(f"cannot open {self._describe(key)}: {error}") from None
                 missing_key_seen = True
                 continue
-            if done:
+            if found is None or row[0] != _TOKEN:
+                return found
+            # A token: its read is recorded before the value is returned, and only if the
+            # record still holds what was read (otherwise read again). Fail closed.
+            if database.run(lambda c: self._audit_token_read(c, key, key_bytes, workspace_id, row)):  # noqa: B023
                 return found
         raise StorageError(f"could not read {self._describe(key)}: it keeps changing; retry the call")
 
@@ -441,7 +435,7 @@ class Workspace:
             raise type(error)(f"cannot open {self._describe(key)}: {error}") from None
         if data_key is None:
             return None  # its data key was destroyed: the workspace is being shredded
-        context = record_context(self._name_bytes, key_bytes, CATEGORY_CODES[category], expires_at)
+        context = key_context(self._context_prefix, key_bytes, CATEGORY_CODES[category], expires_at)
         try:
             return open_value(data_key, context, blob, header), category
         except AuthenticationError:
@@ -455,8 +449,7 @@ class Workspace:
         workspace_id = self._keys.workspace_id(self._name_bytes)
         if workspace_id is None:
             return False
-        statement = store._sql.select_expiry
-        row = store._db.run(lambda c: statement.fetchone(c, workspace_id, key_bytes))
+        row = store._db.fetchone(store._sql.select_expiry, workspace_id, key_bytes)
         return row is not None and (row[0] is None or row[0] > now_micros())
 
     def delete(self, key: str) -> None:
@@ -474,9 +467,9 @@ class Workspace:
         database, audit = store._db, store._audit
         sql = audit.statements
         if not audit.audit_all_writes:
-            if database.run(lambda c: sql.delete_unless_token.run(c, workspace_id, key_bytes)):
+            if database.execute(sql.delete_unless_token, workspace_id, key_bytes):
                 return
-            found = database.run(lambda c: sql.select_category.fetchone(c, workspace_id, key_bytes))
+            found = database.fetchone(sql.select_category, workspace_id, key_bytes)
             if found is None or found[0] != _TOKEN:
                 return
         for _ in range(_CHANGED_RETRIES):
@@ -507,6 +500,43 @@ class Workspace:
             return True
 
         return audit.run(body)
+
+    # --- batches: one transaction each, all or nothing (see batches.py) -----------------
+
+    def set_many(
+        self,
+        items: Mapping[str, Buffer] | Iterable[tuple[str, Buffer]],
+        *,
+        category: Category | str = Category.PREFERENCE,
+        ttl: float | Any = None,
+    ) -> None:
+        """Store every value of ``items`` (a mapping, or (key, value) pairs) at once.
+
+        One transaction: either every entry is written or none is. Every key and value is
+        checked before the database is touched, so bad input changes nothing. All entries
+        get the same ``category`` and ``ttl``, with the meaning they have for :meth:`set`
+        (the credential policy applies to each entry). A key given twice keeps its last value.
+        """
+        batches.set_many(self, items, category, ttl)
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, bytes]:
+        """The values of ``keys`` that exist and have not expired, by key.
+
+        One snapshot: a concurrent writer's batch is seen whole or not at all. Missing and
+        expired keys are absent from the result; a key asked twice appears once. Every token
+        read is audited, as with :meth:`get`.
+        """
+        return batches.get_many(self, keys)
+
+    def delete_many(self, keys: Iterable[str]) -> None:
+        """Remove every key of ``keys`` in one transaction; missing keys are not an error."""
+        batches.delete_many(self, keys)
+
+    def _expires_at(self, category: Category, seconds: float | None, now: int) -> int | None:
+        """The expiry in microseconds (a cache entry always expires)."""
+        if seconds is None and category is Category.CACHE:
+            seconds = self._store._settings.default_cache_ttl
+        return None if seconds is None else now + max(1, math.ceil(seconds * 1_000_000))
 
     def _describe(self, key: str) -> str:
         return f"record {key!r} of workspace {self.name!r}"

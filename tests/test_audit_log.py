@@ -221,3 +221,67 @@ def test_events_never_hold_a_value(url_and_store: tuple[str, SecureStore]) -> No
                 text = bytes(cell) if isinstance(cell, (bytes, memoryview)) else str(cell).encode()
                 assert b"sk-do-not-store" not in text
     engine.dispose()
+
+
+# --- batches are audited like single calls ----------------------------------------------
+
+
+def test_batch_token_writes_reads_and_deletes_are_recorded(url_and_store: tuple[str, SecureStore]) -> None:
+    url, store = url_and_store
+    ws = store.workspace("w")
+    ws.set_many({"a": b"sk-a", "b": b"sk-b"}, category=Category.TOKEN)
+    ws.set_many({"pref": b"dark"})
+    assert ws.get_many(["a", "b", "pref", "missing"]) == {"a": b"sk-a", "b": b"sk-b", "pref": b"dark"}
+    ws.delete_many(["a", "pref", "missing"])
+    recorded = [
+        (action, key, category) for action, key, category in actions(url) if action.startswith("record.")
+    ]
+    assert sorted(recorded[:2]) == [("record.write", "a", "token"), ("record.write", "b", "token")]
+    assert sorted(recorded[2:4]) == [("record.read", "a", "token"), ("record.read", "b", "token")]
+    assert recorded[4:] == [("record.delete", "a", "token")]
+
+
+def test_a_batch_replacing_a_token_records_it(url_and_store: tuple[str, SecureStore]) -> None:
+    url, store = url_and_store
+    ws = store.workspace("w")
+    ws.set("k", b"sk-first", category=Category.TOKEN)
+    ws.set_many({"k": b"now a preference", "other": b"v"})
+    assert ws.get("k") == b"now a preference"
+    last = [e for e in events(url) if e["action"] == "record.write"][-1]
+    assert (last["record_key"], last["category"], last["detail"]) == ("k", "preference", "replaced a token")
+
+
+def test_batch_token_reads_fail_closed_when_their_events_cannot_be_written(
+    url_and_store: tuple[str, SecureStore],
+) -> None:
+    url, store = url_and_store
+    ws = store.workspace("w")
+    ws.set_many({"t1": b"sk-secret-one", "t2": b"sk-secret-two"}, category=Category.TOKEN)
+    ws.set("lang", b"en")
+    execute(url, "ALTER TABLE skv_audit_events RENAME TO skv_audit_events_gone")
+    with pytest.raises(StorageError) as raised:
+        ws.get_many(["t1", "lang"])
+    assert "sk-secret" not in str(raised.value)
+    assert ws.get_many(["lang"]) == {"lang": b"en"}
+    with pytest.raises(StorageError):
+        ws.set_many({"t3": b"sk-never"}, category=Category.TOKEN)
+    with pytest.raises(StorageError):
+        ws.delete_many(["t1"])
+    execute(url, "ALTER TABLE skv_audit_events_gone RENAME TO skv_audit_events")
+    assert ws.get_many(["t1", "t3"]) == {"t1": b"sk-secret-one"}
+
+
+def test_batches_follow_the_credential_policy(database_url: str, master_key: StaticMasterKey) -> None:
+    from secure_kv.errors import InvalidInputError
+
+    credential = b"ghp_" + b"a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8"
+    with SecureStore.open(database_url, master_key=master_key, credential_policy="reject") as store:
+        ws = store.workspace("w")
+        with pytest.raises(InvalidInputError, match="looks like a credential"):
+            ws.set_many({"plain": b"hello", "leak": credential})
+        assert ws.get_many(["plain", "leak"]) == {}
+    with SecureStore.open(database_url, master_key=master_key, credential_policy="promote") as store:
+        ws = store.workspace("w")
+        ws.set_many({"plain": b"hello", "leak": credential})
+    writes = {e["record_key"]: e["category"] for e in events(database_url) if e["action"] == "record.write"}
+    assert writes == {"leak": "token"}

@@ -239,3 +239,21 @@ def test_rewrap_data_key_moves_a_data_key_to_another_master_key_bound_to_the_sam
         unwrap_data_key(new, rewrapped, b"other", 3)
     with pytest.raises(AuthenticationError):
         rewrap_data_key(old, new, wrap_data_key(old, dek, b"ws", 3), b"ws", 4)
+
+
+@pytest.mark.parametrize("size", [0, 100, 70_000])
+def test_batch_sealing_and_opening_match_the_single_functions(size: int) -> None:
+    data_key = DataKey(os.urandom(32), b"ws", 3)
+    prefix = envelope.context_prefix(b"ws")
+    context = envelope.key_context(prefix, b"k", 2, 1234)
+    assert context == record_context(b"ws", b"k", 2, 1234)
+    plaintexts = [os.urandom(size) for _ in range(3)]
+    sealed = envelope.seal_values(data_key, [(context, p) for p in plaintexts])
+    assert len({parse_header(s).nonce for s in sealed}) == 3
+    for blob, plaintext in zip(sealed, plaintexts, strict=True):
+        assert open_value(data_key, context, blob) == plaintext
+        assert envelope.open_record(data_key, prefix, b"k", 2, 1234, blob) == plaintext
+        with pytest.raises(AuthenticationError):
+            envelope.open_record(data_key, prefix, b"other", 2, 1234, blob)
+        with pytest.raises(AuthenticationError):
+            envelope.open_record(DataKey(os.urandom(32), b"ws", 4), prefix, b"k", 2, 1234, blob)

@@ -1,0 +1,317 @@
+"""The batch calls of a workspace: ``set_many``, ``get_many``, ``delete_many``.
+
+Each is one transaction and a handful of statements (``executemany`` for writes, ``IN``
+lists for reads and deletes), and all or nothing: every key, value, category and TTL is
+checked before the database is touched. Tokens are audited as the single calls audit them,
+inside the same transaction: a batch never writes, reads or deletes a token without its
+event, and a failed event fails the whole batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from .audit import Appender
+from .categories import CATEGORY_CODES, Category, parse_category
+from .datakeys import now_micros
+from .envelope import HEADER_BYTES, DataKey, key_context, open_record, seal_values
+from .errors import InvalidInputError, InvalidTypeError, SecureKVError, StorageError
+from .statements import in_list_chunks
+from .validation import Buffer, check_key, check_ttl, check_value
+
+if TYPE_CHECKING:
+    from .store import Workspace
+
+__all__ = ["delete_many", "get_many", "set_many"]
+
+_TOKEN = Category.TOKEN.value
+_CODE_BY_VALUE = {category.value: CATEGORY_CODES[category] for category in Category}
+# Rows per executemany call: bounds what a driver buffers at once.
+_WRITE_CHUNK = 1000
+# Retries when a cached data key was retired meanwhile, or a token changed under a read.
+_RETRIES = 3
+
+
+class _Changed(Exception):
+    """A token changed between the batch's read and its audit event: read again."""
+
+
+def set_many(
+    ws: Workspace,
+    items: Mapping[str, Buffer] | Iterable[tuple[str, Buffer]],
+    category: Category | str,
+    ttl: object,
+) -> None:
+    store = ws._store
+    settings = store._settings
+    chosen = parse_category(category)
+    seconds = check_ttl(ttl)
+    checked: dict[bytes, tuple[str, Buffer]] = {}
+    for index, (key, val) in enumerate(_pairs(items)):
+        key_bytes = _checked_key(key, "set_many", index)
+        try:
+            checked[key_bytes] = (key, check_value(val, settings.max_value_bytes))
+        except InvalidInputError as error:
+            raise type(error)(f"set_many: {ws._describe(key)}: {error}") from None
+    store._check_open()
+    if not checked:
+        return
+    # The credential policy runs per entry, before anything is written: "reject" refuses
+    # the whole batch, "promote" turns the entries it flags into tokens.
+    categories = {
+        key_bytes: chosen if chosen is Category.TOKEN else ws._apply_credential_policy(key, value, chosen)
+        for key_bytes, (key, value) in checked.items()
+    }
+    now = now_micros()
+    expiry = {c: ws._expires_at(c, seconds, now) for c in set(categories.values())}
+    prefix = ws._context_prefix
+    to_seal = [
+        (
+            key_context(
+                prefix, key_bytes, CATEGORY_CODES[categories[key_bytes]], expiry[categories[key_bytes]]
+            ),
+            value,
+        )
+        for key_bytes, (_, value) in checked.items()
+    ]
+    database, audit = store._db, store._audit
+    as_bytes = database.dialect_name == "mysql"  # PyMySQL cannot send a bytearray
+    for _ in range(_RETRIES):
+        workspace_id, data_key = ws._keys.current(ws._name_bytes)
+        rows = []
+        for key_bytes, sealed in zip(checked, seal_values(data_key, to_seal), strict=True):
+            if as_bytes:
+                sealed = bytes(sealed)
+                database.check_packet_size(sealed)
+            chosen_here = categories[key_bytes]
+            rows.append(
+                (
+                    workspace_id,
+                    key_bytes,
+                    chosen_here.value,
+                    data_key.version,
+                    now,
+                    now,
+                    expiry[chosen_here],
+                    sealed,
+                )
+            )
+        try:
+            audit.run(lambda connection, append: _write_rows(ws, rows, connection, append))  # noqa: B023
+            return
+        except database.integrity_error:
+            # As in set(): the data key was retired meanwhile; nothing was written.
+            ws._keys.forget_current(ws._name_bytes)
+    raise StorageError(
+        f"could not write {len(checked)} records of workspace {ws.name!r}: its data key keeps "
+        "changing; retry the call"
+    )
+
+
+def _write_rows(ws: Workspace, rows: list[tuple[Any, ...]], connection: Any, append: Appender) -> None:
+    store = ws._store
+    audit, sql = store._audit, store._sql
+    audited = [row for row in rows if row[2] == _TOKEN or audit.audit_all_writes]
+    plain = [row for row in rows if not (row[2] == _TOKEN or audit.audit_all_writes)]
+    replaced: set[bytes] = set()
+    if plain:
+        # Writes that are not audited must not replace a token unseen: the guarded upsert
+        # leaves tokens alone, and whatever is still a token afterwards is written again,
+        # with its event. Row locks from the upsert keep the answer stable until COMMIT.
+        guarded = audit.statements.upsert_unless_token
+        for start in range(0, len(plain), _WRITE_CHUNK):
+            guarded.run_many(connection, plain[start : start + _WRITE_CHUNK])
+        workspace_id = plain[0][0]
+        for chunk in in_list_chunks([row[1] for row in plain]):
+            for key, category, _ in sql.lock_records(len(chunk)).fetchall(connection, workspace_id, *chunk):
+                if category == _TOKEN:
+                    replaced.add(bytes(key))
+    rewrite = audited + [row for row in plain if row[1] in replaced]
+    for start in range(0, len(rewrite), _WRITE_CHUNK):
+        sql.upsert_record.run_many(connection, rewrite[start : start + _WRITE_CHUNK])
+    for row in rewrite:
+        append(
+            audit.event(
+                "record.write",
+                workspace=ws._name_bytes,
+                key=row[1],
+                category=row[2],
+                dek_version=row[3],
+                detail="replaced a token" if row[1] in replaced else None,
+            )
+        )
+
+
+def get_many(ws: Workspace, keys: Iterable[str]) -> dict[str, bytes]:
+    wanted = _checked_keys(keys, "get_many")
+    store = ws._store
+    store._check_open()
+    if not wanted:
+        return {}
+    workspace_id = ws._keys.workspace_id(ws._name_bytes)
+    if workspace_id is None:
+        return {}
+    for _ in range(_RETRIES):
+        try:
+            return _read_many(ws, workspace_id, wanted)
+        except _Changed:
+            continue
+    raise StorageError(
+        f"could not read {len(wanted)} records of workspace {ws.name!r}: they keep changing; retry"
+    )
+
+
+def _read_many(ws: Workspace, workspace_id: int, wanted: dict[bytes, str]) -> dict[str, bytes]:
+    store = ws._store
+    sql = store._sql
+
+    def read(connection: Any) -> list[Any]:
+        rows: list[Any] = []
+        for chunk in in_list_chunks(list(wanted)):
+            rows.extend(sql.select_records(len(chunk)).fetchall(connection, workspace_id, *chunk))
+        return rows
+
+    # One snapshot: a concurrent writer's batch is seen whole or not at all.
+    found = {bytes(row[0]): row for row in store._db.transaction(read, write=False)}
+    now = now_micros()
+    prefix = ws._context_prefix
+    data_keys: dict[int, DataKey] = {}  # by version, for this call
+    result: dict[str, bytes] = {}
+    tokens: list[tuple[bytes, int, bytes]] = []
+    for key_bytes, key in wanted.items():
+        row = found.get(key_bytes)
+        if row is None:
+            continue
+        _, category_value, dek_version, expires_at, blob = row
+        if expires_at is not None and expires_at <= now:
+            continue
+        # The common case in a few steps; anything unusual (a data key not yet seen in
+        # this call, a tampered or destroyed record) goes the way get() goes.
+        data_key = data_keys.get(dek_version)
+        code = _CODE_BY_VALUE.get(category_value)
+        value: bytes | None = None
+        if data_key is not None and code is not None:
+            try:
+                value = open_record(data_key, prefix, key_bytes, code, expires_at, blob)
+            except SecureKVError:
+                value = None
+        if value is None:
+            opened = ws._open(key, key_bytes, workspace_id, row[1:])
+            if opened is None:
+                continue
+            value = opened[0]
+            found_key = ws._keys.version(workspace_id, ws._name_bytes, dek_version)
+            if found_key is not None:
+                data_keys[dek_version] = found_key
+        if category_value == _TOKEN:
+            tokens.append((key_bytes, dek_version, bytes(blob[:HEADER_BYTES])))
+        result[key] = value
+    if tokens:
+        _audit_token_reads(ws, workspace_id, tokens)
+    return result
+
+
+def _audit_token_reads(ws: Workspace, workspace_id: int, tokens: list[tuple[bytes, int, bytes]]) -> None:
+    """One event per token read, in one transaction, each written only if the record still
+    holds what was read; otherwise nothing is written and the batch reads again."""
+    audit = ws._store._audit
+
+    def body(connection: Any, append: Appender) -> None:
+        for key_bytes, dek_version, header in tokens:
+            event = audit.event(
+                "record.read",
+                workspace=ws._name_bytes,
+                key=key_bytes,
+                category=_TOKEN,
+                dek_version=dek_version,
+            )
+            if not append(event, unchanged_since_read=(workspace_id, key_bytes, dek_version, header)):
+                raise _Changed
+
+    try:
+        audit.run(body)
+    except (_Changed, StorageError):
+        raise
+    except SecureKVError as error:
+        raise type(error)(
+            f"reading {len(tokens)} tokens of workspace {ws.name!r} refused: their audit events "
+            f"could not be written ({error})"
+        ) from None
+
+
+def delete_many(ws: Workspace, keys: Iterable[str]) -> None:
+    wanted = _checked_keys(keys, "delete_many")
+    store = ws._store
+    store._check_open()
+    if not wanted:
+        return
+    workspace_id = ws._keys.workspace_id(ws._name_bytes)
+    if workspace_id is None:
+        return
+    audit, sql = store._audit, store._sql
+
+    def body(connection: Any, append: Appender) -> None:
+        # Lock what is there first, so the events name exactly the rows this deletes.
+        present: list[tuple[bytes, str, int]] = []
+        for chunk in in_list_chunks(list(wanted)):
+            for key, category, dek_version in sql.lock_records(len(chunk)).fetchall(
+                connection, workspace_id, *chunk
+            ):
+                present.append((bytes(key), category, dek_version))
+        if not present:
+            return
+        for chunk in in_list_chunks([key for key, _, _ in present]):
+            sql.delete_records(len(chunk)).run(connection, workspace_id, *chunk)
+        for key, category, dek_version in present:
+            if category == _TOKEN or audit.audit_all_writes:
+                append(
+                    audit.event(
+                        "record.delete",
+                        workspace=ws._name_bytes,
+                        key=key,
+                        category=category,
+                        dek_version=dek_version,
+                    )
+                )
+
+    audit.run(body)
+
+
+def _checked_keys(keys: Iterable[str], method: str) -> dict[bytes, str]:
+    """Every key checked, by its UTF-8 bytes, first occurrence first."""
+    if isinstance(keys, (str, bytes, bytearray, memoryview)) or not isinstance(keys, Iterable):
+        raise InvalidTypeError(
+            f"{method}: keys must be an iterable of str (a list, for example), not {type(keys).__name__}"
+        )
+    wanted: dict[bytes, str] = {}
+    for index, key in enumerate(keys):
+        wanted.setdefault(_checked_key(key, method, index), key)
+    return wanted
+
+
+def _pairs(items: object) -> Iterable[tuple[Any, Any]]:
+    if isinstance(items, Mapping):
+        return items.items()
+    if isinstance(items, (str, bytes, bytearray, memoryview)) or not isinstance(items, Iterable):
+        raise InvalidTypeError(
+            "set_many: items must be a mapping of str to bytes, or (key, value) pairs, "
+            f"not {type(items).__name__}"
+        )
+    return (_pair(item, index) for index, item in enumerate(items))
+
+
+def _pair(item: object, index: int) -> tuple[Any, Any]:
+    if not isinstance(item, tuple) or len(item) != 2:
+        raise InvalidTypeError(
+            f"set_many: item {index} must be a (key, value) tuple, not {type(item).__name__}"
+        )
+    return item
+
+
+def _checked_key(key: object, method: str, index: int) -> bytes:
+    try:
+        return check_key(key)
+    except InvalidInputError as error:
+        # By position: the rejected key is not echoed (it might be a misplaced secret).
+        raise type(error)(f"{method}: key {index}: {error}") from None
