@@ -12,11 +12,15 @@ from __future__ import annotations
 import gc
 import random
 import statistics
+import tempfile
 import time
 import tracemalloc
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import sqlalchemy as sa
 
 Task = Callable[[int], float]
 
@@ -133,3 +137,59 @@ def peak_python_bytes(work: Callable[[], Any]) -> int:
     finally:
         tracemalloc.stop()
     return peak - baseline
+
+
+# --- where benchmarked stores live ------------------------------------------------
+
+
+class Database:
+    """Where systems live: ``url()`` gives a fresh database (SQLite file, PostgreSQL schema)."""
+
+    name: str
+
+    def url(self) -> str:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class SQLiteFiles(Database):
+    name = "sqlite"
+
+    def __init__(self) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="skv-bench-")
+
+    def url(self) -> str:
+        return f"sqlite:///{self._tmp.name}/{uuid.uuid4().hex[:8]}.db"
+
+    def close(self) -> None:
+        self._tmp.cleanup()
+
+
+class PostgresSchemas(Database):
+    """A private schema per ``url()`` (search_path), each dropped with everything in it."""
+
+    name = "postgresql"
+
+    def __init__(self, server_url: str) -> None:
+        self.admin = sa.create_engine(
+            server_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5}
+        )
+        with self.admin.connect() as connection:
+            self.version = str(connection.exec_driver_sql("SHOW server_version").scalar())
+        self._schemas: list[str] = []
+
+    def url(self) -> str:
+        schema = f"skv_bench_{uuid.uuid4().hex[:12]}"
+        with self.admin.connect() as connection:
+            connection.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+        self._schemas.append(schema)
+        url = self.admin.url.update_query_dict({"options": f"-csearch_path={schema}"})
+        return url.render_as_string(hide_password=False)
+
+    def close(self) -> None:
+        with self.admin.connect() as connection:
+            for schema in self._schemas:
+                connection.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        self.admin.dispose()

@@ -47,7 +47,6 @@ import platform
 import random
 import sqlite3
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -65,7 +64,10 @@ import sqlalchemy as sa  # noqa: E402
 from sqlalchemy import event  # noqa: E402
 
 import secure_kv  # noqa: E402
+from bench._harness import Database as Backend  # noqa: E402
+from bench._harness import PostgresSchemas as PostgresBackend  # noqa: E402
 from bench._harness import Samples, peak_python_bytes, quartiles  # noqa: E402
+from bench._harness import SQLiteFiles as SqliteBackend  # noqa: E402
 from secure_kv import SecureStore  # noqa: E402
 from secure_kv.keys import StaticMasterKey  # noqa: E402
 from secure_kv.rotation import rotate_master, rotate_workspace  # noqa: E402
@@ -97,55 +99,6 @@ def value_of(rng: random.Random) -> Callable[[int], bytes]:
 
 
 # --- databases ------------------------------------------------------------------------
-
-
-class Backend:
-    """Where stores live: fresh SQLite files, or fresh PostgreSQL schemas."""
-
-    name: str
-
-    def url(self) -> str:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
-
-
-class SqliteBackend(Backend):
-    name = "SQLite"
-
-    def __init__(self) -> None:
-        self._tmp = tempfile.TemporaryDirectory(prefix="skv-bench-rotation-")
-
-    def url(self) -> str:
-        return f"sqlite:///{self._tmp.name}/{uuid.uuid4().hex[:8]}.db"
-
-    def close(self) -> None:
-        self._tmp.cleanup()
-
-
-class PostgresBackend(Backend):
-    name = "PostgreSQL"
-
-    def __init__(self, url: str) -> None:
-        self.admin = sa.create_engine(url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
-        with self.admin.connect() as connection:
-            self.version = str(connection.exec_driver_sql("SHOW server_version").scalar())
-        self.schemas: list[str] = []
-
-    def url(self) -> str:
-        schema = f"skv_bench_{uuid.uuid4().hex[:12]}"
-        with self.admin.connect() as connection:
-            connection.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-        self.schemas.append(schema)
-        url = self.admin.url.update_query_dict({"options": f"-csearch_path={schema}"})
-        return url.render_as_string(hide_password=False)
-
-    def close(self) -> None:
-        with self.admin.connect() as connection:
-            for schema in self.schemas:
-                connection.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        self.admin.dispose()
 
 
 # --- master rotation ------------------------------------------------------------------

@@ -47,7 +47,6 @@ import random
 import sqlite3
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -64,7 +63,17 @@ import cryptography  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 
 import secure_kv  # noqa: E402
-from bench._harness import Samples, interleave, key_task, key_value_task, peak_python_bytes, quartiles  # noqa: E402
+from bench._harness import (  # noqa: E402
+    Database,
+    PostgresSchemas,
+    Samples,
+    SQLiteFiles,
+    interleave,
+    key_task,
+    key_value_task,
+    peak_python_bytes,
+    quartiles,
+)
 from bench.systems import (  # noqa: E402
     CORE,
     CORE_AUTOCOMMIT,
@@ -111,59 +120,6 @@ class Config:
 
 
 # --- databases ----------------------------------------------------------------------
-
-
-class Database:
-    """Where systems live: ``url()`` gives a fresh database (SQLite file, PostgreSQL schema)."""
-
-    name: str
-
-    def url(self) -> str:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
-
-
-class SQLiteFiles(Database):
-    name = "sqlite"
-
-    def __init__(self) -> None:
-        self._tmp = tempfile.TemporaryDirectory(prefix="skv-bench-")
-
-    def url(self) -> str:
-        return f"sqlite:///{self._tmp.name}/{uuid.uuid4().hex[:8]}.db"
-
-    def close(self) -> None:
-        self._tmp.cleanup()
-
-
-class PostgresSchemas(Database):
-    """A private schema per ``url()`` (search_path), each dropped with everything in it."""
-
-    name = "postgresql"
-
-    def __init__(self, server_url: str) -> None:
-        self.admin = sa.create_engine(
-            server_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5}
-        )
-        with self.admin.connect() as connection:
-            self.version = str(connection.exec_driver_sql("SHOW server_version").scalar())
-        self._schemas: list[str] = []
-
-    def url(self) -> str:
-        schema = f"skv_bench_{uuid.uuid4().hex[:12]}"
-        with self.admin.connect() as connection:
-            connection.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-        self._schemas.append(schema)
-        url = self.admin.url.update_query_dict({"options": f"-csearch_path={schema}"})
-        return url.render_as_string(hide_password=False)
-
-    def close(self) -> None:
-        with self.admin.connect() as connection:
-            for schema in self._schemas:
-                connection.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        self.admin.dispose()
 
 
 @contextmanager
