@@ -416,3 +416,57 @@ def _count_new(store: SecureStore) -> int:
                 )
             ).scalar_one()
         )
+
+
+def test_running_processes_follow_a_keyring_master_rotation_without_a_restart(
+    memory_keyring: object, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from secure_kv import commands
+    from secure_kv.keys import KeyringMasterKey
+    from secure_kv.keys.base import _ReloadingProvider
+    from secure_kv.settings import load_settings
+
+    monkeypatch.setattr(_ReloadingProvider, "RELOAD_INTERVAL", 0.0)
+    monkeypatch.setattr(_ReloadingProvider, "CURRENT_MAX_AGE", 0.0)
+    settings = load_settings(database_url=sqlite_url)
+    running = KeyringMasterKey(create=True)  # the application's provider, read at start
+    with SecureStore.open(sqlite_url, master_key=running, dek_cache_seconds=0.01) as app:
+        ws = app.workspace("tenant")
+        ws.set("token", b"sk-before", category=Category.TOKEN)
+        old_id = running.current_key().kek_id
+        # An operator, in another process, rotates: new key in the keyring, every DEK rewrapped.
+        report = commands.rotate_master(settings, KeyringMasterKey(), generate=True)
+        assert report.complete
+        time.sleep(0.05)  # the application's cached data key expires
+        assert ws.get("token") == b"sk-before"  # its DEK is under the new key now
+        app.workspace("new-tenant").set("k", b"v")  # a new DEK, wrapped by the new key
+        commands.rotate_master(settings, KeyringMasterKey(), retire_previous=True)
+        time.sleep(0.05)
+        assert ws.get("token") == b"sk-before"
+        assert app.workspace("new-tenant").get("k") == b"v"
+        assert running.current_key().kek_id != old_id
+    assert KeyringMasterKey().find(old_id) is None  # retired from the keyring
+
+
+def test_a_running_process_rereads_a_rewritten_key_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from secure_kv import commands
+    from secure_kv.keys import FileMasterKey
+    from secure_kv.keys.base import _ReloadingProvider, generate_master_key
+    from secure_kv.settings import load_settings
+
+    monkeypatch.setattr(_ReloadingProvider, "RELOAD_INTERVAL", 0.0)
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    key_file = tmp_path / "master.keys"
+    old, new = generate_master_key(), generate_master_key()
+    key_file.write_text(old + "\n")
+    key_file.chmod(0o600)
+    with SecureStore.open(url, master_key=FileMasterKey(key_file), dek_cache_seconds=0.01) as app:
+        ws = app.workspace("tenant")
+        ws.set("k", b"v")
+        key_file.write_text(f"{new}\n{old}\n")  # the operator's new file: new key first
+        assert commands.rotate_master(load_settings(database_url=url), FileMasterKey(key_file)).complete
+        key_file.write_text(new + "\n")  # ... and the old key retired
+        time.sleep(0.05)
+        assert ws.get("k") == b"v"

@@ -16,6 +16,7 @@ import base64
 import binascii
 import hmac
 import os
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from typing import NoReturn
@@ -170,6 +171,39 @@ class MasterKeyProvider(_Unpicklable, ABC):
         except Exception:
             ids = ["unavailable"]
         return f"<{type(self).__name__} kek_ids={ids}>"
+
+
+class _ReloadingProvider(MasterKeyProvider):
+    """A provider whose keys live outside the process (keyring, key file) and may change
+    while it runs. Asked for a key it does not hold (a data key rewrapped by a rotation in
+    another process), it reads its source again, at most every ``RELOAD_INTERVAL``
+    seconds; its current key is read again when older than ``CURRENT_MAX_AGE``. So a
+    running process follows a master rotation without a restart."""
+
+    RELOAD_INTERVAL = 5.0
+    #: After a rotation, new data keys are wrapped by the new key within this many seconds.
+    CURRENT_MAX_AGE = 60.0
+    _last_reload = float("-inf")
+
+    def _reload(self) -> None:
+        raise NotImplementedError
+
+    def _loaded(self) -> None:
+        """Subclasses call this once their keys are read."""
+        self._last_reload = time.monotonic()
+
+    def _reload_if_older_than(self, seconds: float) -> bool:
+        if time.monotonic() - self._last_reload < seconds:
+            return False
+        self._last_reload = time.monotonic()
+        self._reload()
+        return True
+
+    def find(self, kek_id: str) -> MasterKey | None:
+        found = super().find(kek_id)
+        if found is None and self._reload_if_older_than(self.RELOAD_INTERVAL):
+            found = super().find(kek_id)
+        return found
 
 
 class _RawKeyProvider(MasterKeyProvider):

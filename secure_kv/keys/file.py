@@ -8,24 +8,39 @@ import stat
 from pathlib import Path
 
 from ..errors import MasterKeyError
-from .base import RawMasterKey, _RawKeyProvider, parse_master_key
+from .base import MasterKey, RawMasterKey, _RawKeyProvider, _ReloadingProvider, parse_master_key
 
 __all__ = ["FileMasterKey"]
 
 log = logging.getLogger("secure_kv.keys")
 
 
-class FileMasterKey(_RawKeyProvider):
+class FileMasterKey(_ReloadingProvider, _RawKeyProvider):
     """Keys from ``path`` (``SECURE_KV_MASTER_KEY_FILE``).
 
     Blank lines and lines starting with ``#`` are ignored. A file that group or others can
     *write* is refused: whoever can write it can plant a key. One they can *read* is used
     with a warning, because container secret mounts are often mode 0444 inside a private
-    mount, where that is safe.
+    mount, where that is safe. Asked for a key it does not hold (a data key rewrapped by a
+    rotation), it reads the file again.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        super().__init__(self._load())
+        self._loaded()
+
+    def current_key(self) -> MasterKey:
+        self._reload_if_older_than(self.CURRENT_MAX_AGE)
+        return super().current_key()
+
+    def _reload(self) -> None:
+        try:
+            self._keys = self._load()
+        except MasterKeyError as error:  # keep the keys we have; say why the new ones are not read
+            log.warning("master key file %s could not be read again: %s", self.path, error)
+
+    def _load(self) -> list[RawMasterKey]:
         try:
             info = self.path.stat()
             text = self.path.read_text(encoding="utf-8")
@@ -57,4 +72,4 @@ class FileMasterKey(_RawKeyProvider):
                 keys.append(parse_master_key(line, f"line {number} of {self.path}"))
         if not keys:
             raise MasterKeyError(f"master key file {self.path} holds no key")
-        super().__init__(keys)
+        return keys

@@ -12,6 +12,7 @@ that says what to install instead: a secrets store must never fall back silently
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,9 +20,11 @@ import keyring
 import keyring.errors
 
 from ..errors import MasterKeyError
-from .base import MasterKey, MasterKeyProvider, RawMasterKey, generate_master_key, parse_master_key
+from .base import MasterKey, RawMasterKey, _ReloadingProvider, generate_master_key, parse_master_key
 
 __all__ = ["INSECURE_BACKENDS", "KeyringMasterKey"]
+
+log = logging.getLogger("secure_kv.keys")
 
 DEFAULT_SERVICE = "secure-kv"
 DEFAULT_USERNAME = "master-key"
@@ -66,7 +69,7 @@ def _check_backend(backend: Any) -> None:
         )
 
 
-class KeyringMasterKey(MasterKeyProvider):
+class KeyringMasterKey(_ReloadingProvider):
     """The master key kept in the OS keyring.
 
     ``create=True`` makes and stores a new key when none exists (``secure-kv init`` does
@@ -100,9 +103,22 @@ class KeyringMasterKey(MasterKeyProvider):
             self.created = True
         self._current = parse_master_key(text, f"keyring entry {service}/{username}")
         self._previous = self._read_previous()
+        self._loaded()
 
     def current_key(self) -> MasterKey:
+        self._reload_if_older_than(self.CURRENT_MAX_AGE)
         return self._current
+
+    def _reload(self) -> None:
+        # Another process rotated the master key: take the keyring's current and previous
+        # keys, so data keys rewrapped under the new one open here too.
+        try:
+            text = self._read(self.username)
+            if text is not None:
+                self._current = parse_master_key(text, f"keyring entry {self.service}/{self.username}")
+            self._previous = self._read_previous()
+        except MasterKeyError as error:  # keep the keys we have
+            log.warning("the OS keyring could not be read again: %s", error)
 
     def previous_keys(self) -> Sequence[MasterKey]:
         return tuple(self._previous)
