@@ -361,14 +361,16 @@ class _Reencryption:
         target, workspace_id, context = self.target, self.workspace_id, self.context
         for key, category, version, expires_at, blob in rows:
             key = bytes(key)
-            if blob is None:  # a large value: fetched on its own
-                blob = connection.execute(
-                    sa.select(_r.value).where(
+            if blob is None:  # a large value: fetched on its own, with the metadata it was
+                # sealed with (a writer may have replaced the row since the batch was read)
+                fetched = connection.execute(
+                    sa.select(_r.category, _r.expires_at, _r.value).where(
                         _r.workspace_id == workspace_id, _r.record_key == key, _r.dek_version == version
                     )
-                ).scalar()
-                if blob is None:
-                    continue  # deleted or rewritten meanwhile
+                ).first()
+                if fetched is None:
+                    continue  # deleted or rewritten under the new key meanwhile
+                category, expires_at, blob = fetched
             blob = bytes(blob)
             code = _CODE_BY_VALUE.get(category)
             old = self.old_keys.get(version) or self.old_key(key, version)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -470,3 +471,34 @@ def test_a_running_process_rereads_a_rewritten_key_file(
         key_file.write_text(new + "\n")  # ... and the old key retired
         time.sleep(0.05)
         assert ws.get("k") == b"v"
+
+
+def test_a_large_value_rewritten_during_its_rotation_batch_is_not_called_tampered(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL (read committed): a value too large to come with the batch is fetched on
+    its own; if a writer replaced it meanwhile (new expiry, same old key version), the
+    rotation must reseal what it fetched, not report tampering."""
+    from secure_kv import rotation
+
+    key = StaticMasterKey(os.urandom(32))
+    with (
+        SecureStore.open(postgres_url, master_key=key) as app,
+        SecureStore.open(postgres_url, master_key=key) as admin,
+    ):
+        ws = app.workspace("w")
+        big = os.urandom(rotation.INLINE_VALUE_BYTES + 4000)
+        ws.set("page", big, category=Category.CACHE, ttl=300)
+        original = rotation._Reencryption.reseal_rows
+        raced: list[bool] = []
+
+        def racing(self: Any, connection: Any, rows: Any) -> int:
+            if not raced:  # the application refreshes its cache entry mid-batch
+                raced.append(True)
+                ws.set("page", big, category=Category.CACHE, ttl=600)
+            return original(self, connection, rows)
+
+        monkeypatch.setattr(rotation._Reencryption, "reseal_rows", racing)
+        report = rotate_workspace(admin, "w")
+        assert raced and report.records == 1
+        assert ws.get("page") == big
