@@ -188,6 +188,14 @@ class Statements:
             "workspace_id",
             "record_key",
         )
+        # A token read that keeps racing writers: the row locked while its event is written.
+        self.select_record_locked = compile_(
+            sa.select(r.category, r.dek_version, r.expires_at, r.value)
+            .where(r.workspace_id == sa.bindparam("workspace_id"), r.record_key == sa.bindparam("record_key"))
+            .with_for_update(),
+            "workspace_id",
+            "record_key",
+        )
         self.select_expiry = compile_(
             sa.select(r.expires_at).where(
                 r.workspace_id == sa.bindparam("workspace_id"), r.record_key == sa.bindparam("record_key")

@@ -364,7 +364,41 @@ class Workspace:
             # record still holds what was read (otherwise read again). Fail closed.
             if database.run(lambda c: self._audit_token_read(c, key, key_bytes, workspace_id, row)):  # noqa: B023
                 return found
-        raise StorageError(f"could not read {self._describe(key)}: it keeps changing; retry the call")
+        # Writers keep replacing this token between our read and its event: read it once
+        # more with the row locked, so the read and its event cannot be separated.
+        return self._read_token_locked(key, key_bytes, workspace_id)
+
+    def _read_token_locked(
+        self, key: str, key_bytes: bytes, workspace_id: int
+    ) -> tuple[bytes, Category] | None:
+        store = self._store
+        audit, statement = store._audit, store._sql.select_record_locked
+
+        def body(connection: Any, append: Any) -> tuple[bytes, Category] | None:
+            row = statement.fetchone(connection, workspace_id, key_bytes)
+            if row is None:
+                return None
+            found = self._open(key, key_bytes, workspace_id, row)
+            if found is not None and row[0] == _TOKEN:
+                append(
+                    audit.event(
+                        "record.read",
+                        workspace=self._name_bytes,
+                        key=key_bytes,
+                        category=_TOKEN,
+                        dek_version=row[1],
+                    )
+                )
+            return found
+
+        try:
+            return audit.run(body)
+        except (AuthenticationError, MasterKeyError, StorageError):
+            raise
+        except SecureKVError as error:
+            raise type(error)(
+                f"reading {self._describe(key)} refused: its audit event could not be written ({error})"
+            ) from None
 
     def _audit_token_read(
         self, connection: Any, key: str, key_bytes: bytes, workspace_id: int, row: Any
@@ -382,6 +416,8 @@ class Workspace:
                 f"reading {self._describe(key)} refused: its audit event could not be written ({error})"
             ) from None
         except self._store._db.dbapi_error as error:
+            if self._store._db.engine.dialect.is_disconnect(error, connection, None):  # type: ignore[arg-type]
+                raise  # the pool replaces the connection and records the read once more
             raise refused(f"reading {self._describe(key)}", error) from None
 
     def _open(self, key: str, key_bytes: bytes, workspace_id: int, row: Any) -> tuple[bytes, Category] | None:

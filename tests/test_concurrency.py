@@ -10,6 +10,7 @@ import hashlib
 import multiprocessing
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -237,3 +238,57 @@ def test_server_going_away_gives_a_storage_error_and_coming_back_recovers(
             assert ws.get("k") == b"v2"
     finally:
         proxy.stop()
+
+
+def test_a_token_read_survives_a_connection_killed_before_its_audit_event(
+    server_url: str, master_key: StaticMasterKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from secure_kv.store import Workspace
+
+    with SecureStore.open(server_url, master_key=master_key) as store:
+        ws = store.workspace("w")
+        ws.set("token", b"sk-value", category="token")
+        original = Workspace._open
+        killed: list[int] = []
+
+        def open_then_kill(self: Workspace, *args: object) -> object:
+            if not killed:  # the server drops every connection between the read and its event
+                killed.append(_kill_other_connections(server_url))
+            return original(self, *args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(Workspace, "_open", open_then_kill)
+        assert ws.get("token") == b"sk-value"
+        assert killed and killed[0] >= 1
+
+
+def test_token_reads_never_fail_while_writers_replace_the_token(store: SecureStore) -> None:
+    ws = store.workspace("w")
+    ws.set("token", b"sk-0", category="token")
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def writer(n: int) -> None:
+        try:
+            i = 0
+            while not stop.is_set():
+                ws.set("token", f"sk-{n}-{i}".encode(), category="token")
+                i += 1
+        except BaseException as error:
+            failures.append(error)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    reads = 0
+    try:
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            value = ws.get("token")
+            assert value is not None and value.startswith(b"sk-")
+            reads += 1
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert not failures, failures
+    assert reads > 0
