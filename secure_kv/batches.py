@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from .audit import Appender
 from .categories import CATEGORY_CODES, Category, parse_category
-from .datakeys import now_micros
+from .datakeys import MissingDataKeyError, now_micros
 from .envelope import HEADER_BYTES, DataKey, key_context, open_record, seal_values
-from .errors import InvalidInputError, InvalidTypeError, SecureKVError, StorageError
+from .errors import AuthenticationError, InvalidInputError, InvalidTypeError, SecureKVError, StorageError
 from .statements import in_list_chunks
 from .validation import Buffer, check_key, check_ttl, check_value
 
@@ -35,6 +35,14 @@ _RETRIES = 3
 
 class _Changed(Exception):
     """A token changed between the batch's read and its audit event: read again."""
+
+
+class _MissingKey(Exception):
+    """A record names a data-key version that has no row (see ``MissingDataKeyError``)."""
+
+    def __init__(self, key: str, key_bytes: bytes, error: MissingDataKeyError) -> None:
+        super().__init__(str(error))
+        self.key, self.key_bytes, self.error = key, key_bytes, error
 
 
 def set_many(
@@ -97,6 +105,8 @@ def set_many(
                     sealed,
                 )
             )
+        # Every batch takes its row locks in key order, so two batches never deadlock.
+        rows.sort(key=lambda row: row[1])
         try:
             audit.run(lambda connection, append: _write_rows(ws, rows, connection, append))  # noqa: B023
             return
@@ -152,28 +162,54 @@ def get_many(ws: Workspace, keys: Iterable[str]) -> dict[str, bytes]:
     workspace_id = ws._keys.workspace_id(ws._name_bytes)
     if workspace_id is None:
         return {}
+    missing_seen = False
     for _ in range(_RETRIES):
         try:
             return _read_many(ws, workspace_id, wanted)
         except _Changed:
             continue
-    raise StorageError(
-        f"could not read {len(wanted)} records of workspace {ws.name!r}: they keep changing; retry"
-    )
+        except _MissingKey as missing:
+            # As in get(): a rotation may have retired that key version between the read
+            # and the key lookup. Read again; a record still naming it was altered.
+            if missing_seen:
+                ws._record_auth_failure(missing.key_bytes, None, None, missing.error)
+                raise AuthenticationError(
+                    f"cannot open {ws._describe(missing.key)}: {missing.error}"
+                ) from None
+            missing_seen = True
+    # Writers keep replacing tokens between the read and its events: read once more with
+    # the rows locked, so the reads and their events cannot be separated.
+    return _read_many(ws, workspace_id, wanted, locked=True)
 
 
-def _read_many(ws: Workspace, workspace_id: int, wanted: dict[bytes, str]) -> dict[str, bytes]:
+def _read_many(
+    ws: Workspace, workspace_id: int, wanted: dict[bytes, str], *, locked: bool = False
+) -> dict[str, bytes]:
     store = ws._store
     sql = store._sql
+    select = sql.select_records_locked if locked else sql.select_records
 
     def read(connection: Any) -> list[Any]:
         rows: list[Any] = []
-        for chunk in in_list_chunks(list(wanted)):
-            rows.extend(sql.select_records(len(chunk)).fetchall(connection, workspace_id, *chunk))
+        for chunk in in_list_chunks(sorted(wanted)):  # key order: see set_many
+            rows.extend(select(len(chunk)).fetchall(connection, workspace_id, *chunk))
         return rows
 
+    if locked:
+        # Rows locked, then opened and their token events appended, in one transaction.
+        return store._audit.run(
+            lambda connection, append: _open_rows(ws, workspace_id, wanted, read(connection), append)
+        )
     # One snapshot: a concurrent writer's batch is seen whole or not at all.
-    found = {bytes(row[0]): row for row in store._db.transaction(read, write=False)}
+    return _open_rows(ws, workspace_id, wanted, store._db.transaction(read, write=False), None)
+
+
+def _open_rows(
+    ws: Workspace, workspace_id: int, wanted: dict[bytes, str], rows: list[Any], append: Appender | None
+) -> dict[str, bytes]:
+    """Open the rows read; audit the token reads (with ``append``, in its transaction, else
+    in a transaction of their own, guarded against a token changed since the read)."""
+    found = {bytes(row[0]): row for row in rows}
     now = now_micros()
     prefix = ws._context_prefix
     data_keys: dict[int, DataKey] = {}  # by version, for this call
@@ -197,7 +233,10 @@ def _read_many(ws: Workspace, workspace_id: int, wanted: dict[bytes, str]) -> di
             except SecureKVError:
                 value = None
         if value is None:
-            opened = ws._open(key, key_bytes, workspace_id, row[1:])
+            try:
+                opened = ws._open(key, key_bytes, workspace_id, row[1:])
+            except MissingDataKeyError as error:
+                raise _MissingKey(key, key_bytes, error) from None
             if opened is None:
                 continue
             value = opened[0]
@@ -207,7 +246,19 @@ def _read_many(ws: Workspace, workspace_id: int, wanted: dict[bytes, str]) -> di
         if category_value == _TOKEN:
             tokens.append((key_bytes, dek_version, bytes(blob[:HEADER_BYTES])))
         result[key] = value
-    if tokens:
+    if tokens and append is not None:
+        audit = ws._store._audit
+        for key_bytes, dek_version, _ in tokens:
+            append(
+                audit.event(
+                    "record.read",
+                    workspace=ws._name_bytes,
+                    key=key_bytes,
+                    category=_TOKEN,
+                    dek_version=dek_version,
+                )
+            )
+    elif tokens:
         _audit_token_reads(ws, workspace_id, tokens)
     return result
 
@@ -254,7 +305,7 @@ def delete_many(ws: Workspace, keys: Iterable[str]) -> None:
     def body(connection: Any, append: Appender) -> None:
         # Lock what is there first, so the events name exactly the rows this deletes.
         present: list[tuple[bytes, str, int]] = []
-        for chunk in in_list_chunks(list(wanted)):
+        for chunk in in_list_chunks(sorted(wanted)):  # key order: see set_many
             for key, category, dek_version in sql.lock_records(len(chunk)).fetchall(
                 connection, workspace_id, *chunk
             ):

@@ -159,6 +159,7 @@ class Statements:
         self._select_records: dict[int, Statement] = {}
         self._delete_records: dict[int, Statement] = {}
         self._lock_records: dict[int, Statement] = {}
+        self._select_records_locked: dict[int, Statement] = {}
 
         r, w, d = records.c, workspaces.c, data_keys.c
         record_columns = (
@@ -279,6 +280,20 @@ class Statements:
             ),
         )
 
+    def select_records_locked(self, size: int) -> Statement:
+        """:meth:`select_records`, the rows locked (``FOR UPDATE``) until the transaction ends."""
+        r = records.c
+        return self._in_list(
+            self._select_records_locked,
+            size,
+            lambda *where: (
+                sa.select(r.record_key, r.category, r.dek_version, r.expires_at, r.value)
+                .where(*where)
+                .order_by(r.record_key)  # locks taken in key order: no deadlock between batches
+                .with_for_update()
+            ),
+        )
+
     def delete_records(self, size: int) -> Statement:
         """Delete up to ``size`` keys of a workspace (see :meth:`select_records`)."""
         return self._in_list(self._delete_records, size, lambda *where: sa.delete(records).where(*where))
@@ -291,5 +306,10 @@ class Statements:
         return self._in_list(
             self._lock_records,
             size,
-            lambda *where: sa.select(r.record_key, r.category, r.dek_version).where(*where).with_for_update(),
+            lambda *where: (
+                sa.select(r.record_key, r.category, r.dek_version)
+                .where(*where)
+                .order_by(r.record_key)  # locks taken in key order: no deadlock between batches
+                .with_for_update()
+            ),
         )

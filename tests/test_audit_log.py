@@ -285,3 +285,26 @@ def test_batches_follow_the_credential_policy(database_url: str, master_key: Sta
         ws.set_many({"plain": b"hello", "leak": credential})
     writes = {e["record_key"]: e["category"] for e in events(database_url) if e["action"] == "record.write"}
     assert writes == {"leak": "token"}
+
+
+def test_get_many_of_a_record_naming_a_missing_data_key_is_recorded_and_named(sqlite_url: str) -> None:
+    import sqlite3
+    import struct
+
+    from secure_kv.keys import StaticMasterKey
+
+    with SecureStore.open(sqlite_url, master_key=StaticMasterKey(os.urandom(32))) as store:
+        ws = store.workspace("w")
+        ws.set("t", b"sk-secret", category=Category.TOKEN)
+        # Someone with write access (foreign keys off in their own client) points the record
+        # at a data-key version that does not exist.
+        raw = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"))
+        (blob,) = raw.execute("SELECT value FROM skv_records WHERE record_key = ?", (b"t",)).fetchone()
+        forged = blob[:2] + struct.pack(">I", 7) + blob[6:]
+        raw.execute("UPDATE skv_records SET dek_version = 7, value = ? WHERE record_key = ?", (forged, b"t"))
+        raw.commit()
+        raw.close()
+        with pytest.raises(AuthenticationError, match="'t'") as raised:
+            ws.get_many(["t"])
+        assert "sk-secret" not in str(raised.value)
+    assert ("auth.failure", "t", None) in actions(sqlite_url)

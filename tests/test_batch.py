@@ -333,3 +333,33 @@ def test_get_many_detects_a_flipped_bit_after_good_records(store: SecureStore, e
         )
     with pytest.raises(AuthenticationError, match="'k3'"):
         ws.get_many([f"k{i}" for i in range(5)])
+
+
+def test_batch_token_reads_never_fail_while_writers_replace_the_tokens(store: SecureStore) -> None:
+    import threading
+    import time
+
+    ws = store.workspace("w")
+    ws.set_many({"t1": b"sk-0", "t2": b"sk-0"}, category="token")
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            while not stop.is_set():
+                ws.set_many({"t1": b"sk-1", "t2": b"sk-2"}, category="token")
+        except BaseException as error:
+            failures.append(error)
+
+    threads = [threading.Thread(target=writer) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            assert set(ws.get_many(["t1", "t2"])) == {"t1", "t2"}
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert not failures, failures
