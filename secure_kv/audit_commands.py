@@ -45,7 +45,7 @@ def _provider_or_none(settings: Settings, given: MasterKeyProvider | None) -> Ma
 
 @contextmanager
 def _read_only(settings: Settings) -> Iterator[Database]:
-    database = Database(settings.database_url, settings)
+    database = Database(settings.database_url, settings, create=False)
     try:
         ensure_schema(database, create=False)
         yield database
@@ -58,7 +58,7 @@ def _record_admin(settings: Settings, provider: MasterKeyProvider | None, action
     if provider is None:
         log.warning("%s (%s) not recorded in the audit log: no master key to sign with", action, detail)
         return
-    with SecureStore.open(settings.database_url, master_key=provider) as store:
+    with SecureStore._open_with(settings, provider, create_schema=False) as store:
         store._record_event(action, detail=detail)
 
 
@@ -193,7 +193,7 @@ def format_event(event: dict[str, Any]) -> str:
 def audit_anchor(*, settings: Settings | None = None, master_key: MasterKeyProvider | None = None) -> Anchor:
     """Record the heads of every chain and return the anchor to keep outside the database."""
     settings = settings if settings is not None else load_settings()
-    with SecureStore.open(settings.database_url, master_key=master_key) as store:
+    with SecureStore._open_with(settings, master_key, create_schema=False) as store:
         return take_anchor(store)
 
 
@@ -202,5 +202,5 @@ def audit_prune(
 ) -> PruneReport:
     """Remove events older than ``before`` (µs since the epoch), leaving the rest verifiable."""
     settings = settings if settings is not None else load_settings()
-    with SecureStore.open(settings.database_url, master_key=master_key) as store:
+    with SecureStore._open_with(settings, master_key, create_schema=False) as store:
         return prune(store, before)

@@ -182,7 +182,7 @@ def status(
         previous = tuple(key.kek_id for key in provider.previous_keys())
     except SecureKVError as error:
         problem = str(error)
-    database = Database(settings.database_url, settings)
+    database = Database(settings.database_url, settings, create=False)
     try:
         ensure_schema(database, create=False)
         return inventory.store_status(

@@ -155,7 +155,7 @@ def _parse_url(text: str) -> URL:
     return url
 
 
-def _prepare_sqlite_file(url: URL) -> None:
+def _prepare_sqlite_file(url: URL, *, create: bool) -> None:
     database = url.database or ""
     if database in ("", ":memory:") or database.startswith("file:") or url.query.get("mode") == "memory":
         raise StorageError(
@@ -163,6 +163,12 @@ def _prepare_sqlite_file(url: URL) -> None:
             "use a file, for example sqlite:///path/to/store.db"
         )
     path = Path(database).expanduser()
+    if not create:
+        if not path.exists():
+            raise StorageError(
+                f"there is no SQLite database at {path}: check the URL, or run `secure-kv init` to create one"
+            )
+        return
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     # Create the file 0600 before SQLite does, so the database and its WAL and SHM files
     # (SQLite gives them the database file's mode) are private from the first byte.
@@ -180,7 +186,9 @@ class Database:
     runner that turns driver errors into :class:`StorageError` and survives lost connections.
     """
 
-    def __init__(self, url: str, settings: Settings) -> None:
+    def __init__(self, url: str, settings: Settings, *, create: bool = True) -> None:
+        """``create=False``: an existing database only (a missing SQLite file is an error,
+        not a new empty store)."""
         parsed = _parse_url(url)
         self.url = parsed
         self.dialect_name = parsed.get_backend_name()
@@ -194,7 +202,7 @@ class Database:
             "pool_reset_on_return": None,
         }
         if self.dialect_name == "sqlite":
-            _prepare_sqlite_file(parsed)
+            _prepare_sqlite_file(parsed, create=create)
             kwargs["connect_args"] = {
                 "timeout": SQLITE_BUSY_TIMEOUT_SECONDS,
                 "check_same_thread": False,

@@ -103,7 +103,7 @@ class SecureStore:
         """
         provider = master_key if master_key is not None else provider_from_settings(settings)
         provider.current_key()  # fail now, not on the first write, if the key is unavailable
-        database = Database(settings.database_url, settings)
+        database = Database(settings.database_url, settings, create=create_schema)
         try:
             ensure_schema(database, create=create_schema)
             check_master_key(database, provider)

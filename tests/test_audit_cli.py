@@ -3,11 +3,13 @@ something, and logs with no value or key material."""
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -181,3 +183,43 @@ def test_a_whole_workload_logged_at_debug_holds_no_value_or_key_material(
         for arg in record.args if isinstance(record.args, tuple) else ():
             if isinstance(arg, (bytes, bytearray)):
                 assert not any(value in arg for value in SECRETS.values())
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["audit", "report"],
+        ["audit", "log"],
+        ["audit", "verify"],
+        ["audit", "anchor"],
+        ["status"],
+        ["list", "w"],
+    ],
+)
+def test_admin_commands_on_a_mistyped_sqlite_path_fail_and_create_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    monkeypatch.setenv("SECURE_KV_KEY_PROVIDER", "env")
+    monkeypatch.setenv("SECURE_KV_MASTER_KEY", generate_master_key())
+    typo = tmp_path / "typo.db"
+    result = CliRunner().invoke(main, ["--database-url", f"sqlite:///{typo}", *command])
+    assert result.exit_code != 0, result.output
+    assert not typo.exists()
+
+
+def test_audit_commands_record_the_actor_of_the_settings_given(sqlite_url: str) -> None:
+    import io
+
+    from secure_kv import commands
+    from secure_kv.keys import StaticMasterKey
+    from secure_kv.settings import load_settings
+
+    text = generate_master_key()
+    key = StaticMasterKey(base64.urlsafe_b64decode(text))
+    SecureStore.open(sqlite_url, master_key=key).close()
+    settings = load_settings(database_url=sqlite_url, actor="auditor-bob")
+    commands.audit_report(io.StringIO(), settings=settings, master_key=key)
+    out = io.StringIO()
+    commands.audit_log(out, settings=settings, fmt="json", master_key=key)
+    report_events = [e for e in json.loads(out.getvalue()) if e["action"] == "audit.report"]
+    assert report_events and all(e["actor"] == "auditor-bob" for e in report_events)
