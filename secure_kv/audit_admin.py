@@ -39,7 +39,10 @@ def parse_time(text: str, *, now: datetime | None = None) -> int:
     stripped = text.strip()
     span = _SPAN.fullmatch(stripped)
     if span is not None:
-        moment = now - timedelta(seconds=float(span.group(1)) * _SPAN_SECONDS[span.group(2)])
+        try:
+            moment = now - timedelta(seconds=float(span.group(1)) * _SPAN_SECONDS[span.group(2)])
+        except OverflowError:
+            raise InvalidInputError(f"{stripped!r} reaches back before the year 1") from None
     else:
         try:
             moment = datetime.fromisoformat(stripped.replace("Z", "+00:00"))

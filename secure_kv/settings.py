@@ -74,7 +74,8 @@ class Settings(BaseSettings):
         hide_input_in_errors=True,
     )
 
-    database_url: str = Field(default_factory=default_database_url)
+    # Left out of the repr: a URL may carry a database password.
+    database_url: str = Field(default_factory=default_database_url, repr=False)
     key_provider: KeyProviderName = KeyProviderName.KEYRING
     # Secrets are SecretStr so they never show in a repr or a validation error.
     master_key: SecretStr | None = None

@@ -22,6 +22,7 @@ from .datakeys import DataKeys, MissingDataKeyError, check_master_key, now_micro
 from .envelope import HEADER_BYTES, context_prefix, key_context, open_value, parse_header, seal_value
 from .errors import (
     AuthenticationError,
+    ConfigurationError,
     InvalidInputError,
     InvalidTypeError,
     MasterKeyError,
@@ -91,6 +92,8 @@ class SecureStore:
                 "master_key must be a provider from secure_kv.keys (for raw bytes, "
                 f"StaticMasterKey(key)), not {type(master_key).__name__}"
             )
+        if "database_url" in options:
+            raise ConfigurationError("give the database URL as the first argument of SecureStore.open")
         settings = load_settings(database_url=url, **options)
         return cls._open_with(settings, master_key)
 

@@ -223,3 +223,9 @@ def test_audit_commands_record_the_actor_of_the_settings_given(sqlite_url: str) 
     commands.audit_log(out, settings=settings, fmt="json", master_key=key)
     report_events = [e for e in json.loads(out.getvalue()) if e["action"] == "audit.report"]
     assert report_events and all(e["actor"] == "auditor-bob" for e in report_events)
+
+
+def test_an_impossible_since_span_is_a_one_line_error() -> None:
+    result = CliRunner().invoke(main, ["audit", "log", "--since", "99999999999d"])
+    assert result.exit_code == 1
+    assert result.output.startswith("error:") and "Traceback" not in result.output

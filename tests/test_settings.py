@@ -112,3 +112,13 @@ def test_file_provider_from_settings(
     with SecureStore.open(sqlite_url) as store:
         store.workspace("w").set("k", b"v")
         assert store.workspace("w").get("k") == b"v"
+
+
+def test_settings_repr_never_shows_a_database_password() -> None:
+    settings = load_settings(database_url="postgresql+psycopg://app:hunter2@db.example/kv")
+    assert "hunter2" not in repr(settings) and "hunter2" not in str(settings)
+
+
+def test_database_url_given_twice_is_a_configuration_error(sqlite_url: str) -> None:
+    with pytest.raises(ConfigurationError, match="first argument"):
+        SecureStore.open(None, database_url=sqlite_url)
