@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 import pytest
@@ -343,9 +344,23 @@ def test_status_of_a_database_without_the_schema_says_to_run_init(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _env_key(monkeypatch)
+    sa.create_engine(sqlite_url).connect().close()  # an empty SQLite file: a database, no schema
     result = CliRunner().invoke(main, ["--database-url", sqlite_url, "status"])
     assert result.exit_code == 1
     assert result.output == "error: the database has no secure_kv schema: run `secure-kv init`\n"
+
+
+def test_status_of_a_missing_sqlite_file_names_it_and_creates_nothing(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _env_key(monkeypatch)
+    path = Path(sqlite_url.removeprefix("sqlite:///"))
+    result = CliRunner().invoke(main, ["--database-url", sqlite_url, "status"])
+    assert result.exit_code == 1
+    assert result.output == (
+        f"error: there is no SQLite database at {path}: check the URL, or run `secure-kv init` to create one\n"
+    )
+    assert not path.exists()
 
 
 @pytest.mark.parametrize(
