@@ -358,7 +358,8 @@ def test_status_of_a_missing_sqlite_file_names_it_and_creates_nothing(
     result = CliRunner().invoke(main, ["--database-url", sqlite_url, "status"])
     assert result.exit_code == 1
     assert result.output == (
-        f"error: there is no SQLite database at {path}: check the URL, or run `secure-kv init` to create one\n"
+        f"error: there is no SQLite database at {path}: "
+        "check the URL, or run `secure-kv init` to create one\n"
     )
     assert not path.exists()
 
