@@ -91,14 +91,16 @@ class Statement:
         finally:
             cursor.close()
 
-    def run_many(self, connection: DBAPIConnection, rows: Iterable[Sequence[Any]]) -> None:
+    def run_many(self, connection: DBAPIConnection, rows: Iterable[Sequence[Any]]) -> int:
         """``executemany``: one statement, many rows. Each driver sends it efficiently:
         SQLite steps one prepared statement, psycopg pipelines, PyMySQL rewrites an INSERT
-        into multi-row VALUES of at most ~1 MB each."""
+        into multi-row VALUES of at most ~1 MB each. Returns the driver's row count (the sum
+        over all rows on SQLite and psycopg; -1 where a driver does not know)."""
         cursor = connection.cursor()
         try:
             arguments: Any = [self.arguments(row) for row in rows]
             cursor.executemany(self.sql, arguments)
+            return int(cursor.rowcount)
         finally:
             cursor.close()
 

@@ -222,12 +222,13 @@ def test_set_many_writes_all_or_nothing_when_the_database_fails_midway(
     original = Statement.run_many
     calls = 0
 
-    def fail_on_the_third_chunk(self: Statement, connection: Any, rows: Any) -> None:
+    def fail_on_the_third_chunk(self: Statement, connection: Any, rows: Any) -> int:
         nonlocal calls
         calls += 1
-        original(self, connection, rows)  # rows really reach the database...
+        written = original(self, connection, rows)  # rows really reach the database...
         if calls == 3:
             raise RuntimeError("disk on fire")  # ...and then the batch fails
+        return written
 
     monkeypatch.setattr(Statement, "run_many", fail_on_the_third_chunk)
     items = {f"k{i:03d}": b"new" for i in range(50)} | {"existing": b"after"}
