@@ -199,9 +199,17 @@ class Statements:
             "workspace_id",
             "record_key",
         )
+        # exist(): the record's expiry, if its data key still has its material (a shredded
+        # workspace's records are gone for exist() as for get(), before their rows are).
         self.select_expiry = compile_(
-            sa.select(r.expires_at).where(
-                r.workspace_id == sa.bindparam("workspace_id"), r.record_key == sa.bindparam("record_key")
+            sa.select(r.expires_at)
+            .select_from(
+                records.join(data_keys, sa.and_(d.workspace_id == r.workspace_id, d.version == r.dek_version))
+            )
+            .where(
+                r.workspace_id == sa.bindparam("workspace_id"),
+                r.record_key == sa.bindparam("record_key"),
+                d.wrapped.isnot(None),
             ),
             "workspace_id",
             "record_key",

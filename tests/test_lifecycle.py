@@ -74,11 +74,13 @@ def test_values_are_unreadable_as_soon_as_the_keys_are_destroyed(
             reader._keys.clear()  # a process that has not cached the key
             seen["records"] = record_versions(admin, "doomed")
             seen["value"] = reader.workspace("doomed").get(record_name(3))
+            seen["exists"] = reader.workspace("doomed").exist(record_name(3))
             seen["keys"] = key_rows(admin, "doomed")
 
         shred(admin, "doomed", progress=_Watch(between_destroy_and_delete))
     assert seen["records"] == {1: 100}  # the records are still there...
     assert seen["value"] is None  # ...and already unreadable
+    assert seen["exists"] is False  # ...and gone for exist() too
     assert seen["keys"] == [(1, master_key.current_key().kek_id, True)]
 
 
