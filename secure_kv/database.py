@@ -209,6 +209,11 @@ class Database:
             }
         else:
             kwargs["pool_recycle"] = POOL_RECYCLE_SECONDS
+            # SQLAlchemy's pool serves the rarer work (data keys, rotation, purge, audit
+            # bookkeeping, schema checks), where a round trip per checkout is cheap and a
+            # connection killed while idle must not fail the call. The hot path's own pool
+            # recovers from lost connections without it (see ``run``).
+            kwargs["pool_pre_ping"] = True
             kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
             if self.dialect_name == "mysql":
                 kwargs["connect_args"]["charset"] = "utf8mb4"

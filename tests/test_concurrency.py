@@ -18,8 +18,10 @@ import pytest
 import sqlalchemy as sa
 
 from secure_kv import SecureStore
+from secure_kv.erasure import purge
 from secure_kv.errors import StorageError
 from secure_kv.keys import StaticMasterKey
+from secure_kv.rotation import rotate_workspace
 
 from .conftest import MYSQL_MAX_ALLOWED_PACKET, make_database_url
 from .tcp_proxy import TcpProxy
@@ -292,3 +294,25 @@ def test_token_reads_never_fail_while_writers_replace_the_token(store: SecureSto
             thread.join()
     assert not failures, failures
     assert reads > 0
+
+
+def test_killed_connections_do_not_fail_key_creation_rotation_or_purge(
+    server_url: str, master_key: StaticMasterKey
+) -> None:
+    """Not only the hot path: what goes through SQLAlchemy's own pool (data-key loading and
+    creation, rotation, purge, audit bookkeeping) also survives connections killed under it."""
+    with SecureStore.open(server_url, master_key=master_key) as store:
+        ws = store.workspace("w")
+        ws.set("k", b"v")
+        rotate_workspace(store, "w")
+        purge(store)
+        assert _kill_other_connections(server_url) >= 1
+        store.workspace("fresh").set("k", b"new workspace, new data key")
+        assert _kill_other_connections(server_url) >= 1
+        rotate_workspace(store, "w")
+        assert _kill_other_connections(server_url) >= 1
+        purge(store)
+        assert _kill_other_connections(server_url) >= 1
+        store._keys.clear()  # the next read loads its data key again
+        assert ws.get("k") == b"v"
+        assert store.workspace("fresh").get("k") == b"new workspace, new data key"
