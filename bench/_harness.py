@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy import event
 
 Task = Callable[[int], float]
 
@@ -193,3 +194,16 @@ class PostgresSchemas(Database):
             for schema in self._schemas:
                 connection.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         self.admin.dispose()
+
+
+def sqlite_pragmas(engine: sa.Engine) -> None:
+    """secure_kv's SQLite pragmas for a baseline's engine (minus foreign keys: baseline
+    tables have none), so both sides of a ratio run with the same settings."""
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()

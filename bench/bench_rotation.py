@@ -61,12 +61,16 @@ if str(ROOT) not in sys.path:
 
 import cryptography  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
-from sqlalchemy import event  # noqa: E402
 
 import secure_kv  # noqa: E402
 from bench._harness import Database as Backend  # noqa: E402
 from bench._harness import PostgresSchemas as PostgresBackend  # noqa: E402
-from bench._harness import Samples, peak_python_bytes, quartiles  # noqa: E402
+from bench._harness import (  # noqa: E402
+    Samples,
+    peak_python_bytes,
+    quartiles,
+    sqlite_pragmas,
+)
 from bench._harness import SQLiteFiles as SqliteBackend  # noqa: E402
 from secure_kv import SecureStore  # noqa: E402
 from secure_kv.keys import StaticMasterKey  # noqa: E402
@@ -168,7 +172,7 @@ class PlainRewrite:
         self.records = records
         self.engine = sa.create_engine(url)
         if self.engine.dialect.name == "sqlite":
-            _sqlite_pragmas(self.engine)
+            sqlite_pragmas(self.engine)
         metadata = sa.MetaData()
         self.table = sa.Table(
             f"plain_kv_{uuid.uuid4().hex[:8]}",
@@ -227,16 +231,6 @@ class PlainRewrite:
 
     def close(self) -> None:
         self.engine.dispose()
-
-
-def _sqlite_pragmas(engine: sa.Engine) -> None:
-    @event.listens_for(engine, "connect")
-    def _connect(dbapi_connection: Any, record: Any) -> None:
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.close()
 
 
 def workspace_rotation(backend: Backend, config: Config, rng: random.Random) -> dict[str, Any]:

@@ -52,9 +52,10 @@ from typing import Any
 
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import event, orm
+from sqlalchemy import orm
 from sqlalchemy.dialects import postgresql, sqlite
 
+from bench._harness import sqlite_pragmas
 from secure_kv import SecureStore
 from secure_kv.keys import StaticMasterKey
 
@@ -105,18 +106,6 @@ class SecureKV(KeyValue):
         self.store.close()
 
 
-def _sqlite_pragmas(engine: sa.Engine) -> None:
-    """secure_kv's pragmas (minus foreign keys: these tables have none)."""
-
-    @event.listens_for(engine, "connect")
-    def _connect(dbapi_connection: Any, record: Any) -> None:
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.close()
-
-
 def _kv_table(metadata: sa.MetaData, name: str) -> sa.Table:
     return sa.Table(
         name,
@@ -135,7 +124,7 @@ class PlainCore(KeyValue):
     def __init__(self, url: str, table_name: str, **engine_options: Any) -> None:
         self.engine = sa.create_engine(url, **engine_options)
         if self.engine.dialect.name == "sqlite":
-            _sqlite_pragmas(self.engine)
+            sqlite_pragmas(self.engine)
         metadata = sa.MetaData()
         t = self.table = _kv_table(metadata, table_name)
         metadata.create_all(self.engine)
@@ -203,7 +192,7 @@ class SqlalchemyUtils(KeyValue):
         self.entry = Entry
         self.engine = sa.create_engine(url)
         if self.engine.dialect.name == "sqlite":
-            _sqlite_pragmas(self.engine)
+            sqlite_pragmas(self.engine)
         Base.metadata.create_all(self.engine)
         self.sessions = orm.sessionmaker(self.engine, expire_on_commit=False)
         self.set = self._set

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Dialect
 from .categories import Category
 from .envelope import HEADER_BYTES
 from .schema import audit_events, records
-from .statements import Statement
+from .statements import RECORD_COLUMNS, Statement
 
 __all__ = ["EVENT_COLUMNS", "AuditStatements"]
 
@@ -40,16 +40,6 @@ EVENT_COLUMNS = (
     "detail",
     "digest",
     "signature",
-)
-_RECORD_COLUMNS = (
-    "workspace_id",
-    "record_key",
-    "category",
-    "dek_version",
-    "created_at",
-    "updated_at",
-    "expires_at",
-    "value",
 )
 _UPDATED = ("dek_version", "updated_at", "expires_at", "value", "category")
 TOKEN = Category.TOKEN.value
@@ -95,7 +85,7 @@ class AuditStatements:
             "match_version",
             "header",
         )
-        self.upsert_unless_token = compile_(_guarded_upsert(dialect_name), *_RECORD_COLUMNS)
+        self.upsert_unless_token = compile_(_guarded_upsert(dialect_name), *RECORD_COLUMNS)
         where_record = (
             r.workspace_id == sa.bindparam("workspace_id"),
             r.record_key == sa.bindparam("record_key"),
@@ -122,7 +112,7 @@ def _guarded_upsert(dialect_name: str) -> Any:
     (``category`` is assigned last, as MySQL applies assignments left to right), and since
     the rowcount then looks like an insert's, the caller checks the category.
     """
-    values: dict[str, Any] = {name: sa.bindparam(name) for name in _RECORD_COLUMNS}
+    values: dict[str, Any] = {name: sa.bindparam(name) for name in RECORD_COLUMNS}
     if dialect_name == "mysql":
         stmt = mysql.insert(records).values(values)
         is_token = records.c.category == _TOKEN_SQL

@@ -18,12 +18,33 @@ from sqlalchemy.sql.elements import ClauseElement
 
 from .schema import data_keys, records, workspaces
 
-__all__ = ["IN_LIST_MAX", "Statement", "Statements", "in_list_chunks", "insert_or_ignore", "upsert"]
+__all__ = [
+    "IN_LIST_MAX",
+    "RECORD_COLUMNS",
+    "Statement",
+    "Statements",
+    "in_list_chunks",
+    "insert_or_ignore",
+    "upsert",
+]
 
 # Keys per IN list in batch reads and deletes. SQLite before 3.32 allows 999 bound
 # parameters per statement, PostgreSQL (psycopg) 65,535; PyMySQL binds client-side, where
 # only max_allowed_packet counts (512 keys of at most 256 bytes stay far below it).
 IN_LIST_MAX = 512
+
+
+# A record row's columns, in the order the write statements take them.
+RECORD_COLUMNS = (
+    "workspace_id",
+    "record_key",
+    "category",
+    "dek_version",
+    "created_at",
+    "updated_at",
+    "expires_at",
+    "value",
+)
 
 
 class Statement:
@@ -164,16 +185,7 @@ class Statements:
         self._select_records_locked: dict[int, Statement] = {}
 
         r, w, d = records.c, workspaces.c, data_keys.c
-        record_columns = (
-            "workspace_id",
-            "record_key",
-            "category",
-            "dek_version",
-            "created_at",
-            "updated_at",
-            "expires_at",
-            "value",
-        )
+        record_columns = RECORD_COLUMNS
         self.upsert_record = compile_(
             upsert(
                 dialect_name,
