@@ -17,7 +17,7 @@ def test_defaults_match_the_design_contract() -> None:
     settings = load_settings()
     expected_dir = Path(platformdirs.user_data_dir("secure-kv", appauthor=False))
     assert settings.database_url == f"sqlite:///{expected_dir / 'store.db'}"
-    assert settings.key_provider.value == "keyring"
+    assert settings.key_provider == "keyring"
     assert settings.max_value_bytes == 104857600
     assert settings.default_cache_ttl == 3600
     assert settings.sqlite_synchronous.value == "normal"

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from ..errors import MasterKeyError
 from .base import RawMasterKey, _RawKeyProvider, parse_master_key
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 __all__ = ["EnvMasterKey"]
 
@@ -33,3 +37,12 @@ class EnvMasterKey(_RawKeyProvider):
         for position, text in enumerate(part for part in previous.split(",") if part.strip()):
             keys.append(parse_master_key(text, f"{PREVIOUS_VARIABLE} entry {position + 1}"))
         super().__init__(keys)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, create: bool = False) -> EnvMasterKey:
+        environ = {}
+        if settings.master_key is not None:
+            environ[CURRENT_VARIABLE] = settings.master_key.get_secret_value()
+        if settings.previous_master_keys is not None:
+            environ[PREVIOUS_VARIABLE] = settings.previous_master_keys.get_secret_value()
+        return cls(environ)

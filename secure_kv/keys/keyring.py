@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keyring
 import keyring.errors
 
 from ..errors import MasterKeyError
 from .base import MasterKey, RawMasterKey, _ReloadingProvider, generate_master_key, parse_master_key
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 __all__ = ["INSECURE_BACKENDS", "KeyringMasterKey"]
 
@@ -104,6 +107,10 @@ class KeyringMasterKey(_ReloadingProvider):
         self._current = parse_master_key(text, f"keyring entry {service}/{username}")
         self._previous = self._read_previous()
         self._loaded()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, create: bool = False) -> KeyringMasterKey:
+        return cls(create=create)
 
     def current_key(self) -> MasterKey:
         self._reload_if_older_than(self.CURRENT_MAX_AGE)
