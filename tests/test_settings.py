@@ -40,7 +40,8 @@ def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None
 @pytest.mark.parametrize(
     ("variable", "value"),
     [
-        ("SECURE_KV_KEY_PROVIDER", "vault"),
+        ("SECURE_KV_KEY_PROVIDER", "no such provider"),
+        ("SECURE_KV_PREVIOUS_KEY_PROVIDER", "bad/name"),
         ("SECURE_KV_MAX_VALUE_BYTES", "-1"),
         ("SECURE_KV_MAX_VALUE_BYTES", "lots"),
         ("SECURE_KV_DEFAULT_CACHE_TTL", "0"),
