@@ -121,7 +121,7 @@ def softhsm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SoftHsm:
     monkeypatch.setenv("SOFTHSM2_CONF", str(config))
     label = "skv-" + uuid.uuid4().hex[:8]
     subprocess.run(
-        ["softhsm2-util", "--init-token", "--free", "--label", label, "--pin", HSM_PIN, "--so-pin", "so-pin-1"],
+        ["softhsm2-util", "--init-token", "--free", "--label", label, "--pin", HSM_PIN, "--so-pin", "so-1"],
         check=True,
         capture_output=True,
     )
@@ -129,6 +129,9 @@ def softhsm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SoftHsm:
 
 
 # --- moto's server mode (the stand-in for AWS KMS) ---------------------------------------
+
+
+_MOTO_MAIN = "from moto.server import main; main()"
 
 
 @dataclass
@@ -144,7 +147,7 @@ class MotoServer:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-c", "from moto.server import main; main()", "-H", "127.0.0.1", "-p", str(self.port)],
+            [sys.executable, "-c", _MOTO_MAIN, "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
