@@ -18,6 +18,7 @@ serial number and label instead.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -46,6 +47,15 @@ def _pkcs11() -> Any:
     except ImportError:
         raise ConfigurationError(_INSTALL) from None
     return pkcs11
+
+
+# The digest of the PIN each token was logged in with, by (module, token serial): login is
+# per process in PKCS#11, so a second provider's PIN is checked against it instead.
+_LOGGED_IN: dict[tuple[str, str], bytes] = {}
+
+
+def _pin_digest(pin: str) -> bytes:
+    return hashlib.sha256(b"secure_kv/pkcs11-pin\0" + pin.encode()).digest()
 
 
 class _Token:
@@ -104,14 +114,16 @@ class _Token:
         self.serial = serial.hex() if isinstance(serial, bytes) else str(serial)
         try:
             self._session = token.open(user_pin=self._pin, rw=True)
+            _LOGGED_IN[(self.module, self.serial)] = _pin_digest(self._pin)
         except pkcs11.UserAlreadyLoggedIn:
             # Login is per application: another provider in this process logged in already.
+            # The token cannot check this PIN again, so it must match the one that did.
+            known = _LOGGED_IN.get((self.module, self.serial))
+            if known is None or not hmac.compare_digest(known, _pin_digest(self._pin)):
+                raise self._wrong_pin() from None
             self._session = token.open(rw=True)
         except (pkcs11.PinIncorrect, pkcs11.PinInvalid, pkcs11.PinLenRange):
-            raise MasterKeyError(
-                f"the PKCS#11 PIN for token {self.token_label!r} is wrong: check SECURE_KV_PKCS11_PIN or "
-                "SECURE_KV_PKCS11_PIN_FILE (repeated wrong PINs lock the token)"
-            ) from None
+            raise self._wrong_pin() from None
         except (pkcs11.PinLocked, pkcs11.PinExpired, pkcs11.UserPinNotInitialized) as error:
             raise MasterKeyError(
                 f"PKCS#11 token {self.token_label!r} is locked ({type(error).__name__}): its security "
@@ -121,6 +133,12 @@ class _Token:
             raise MasterKeyError(
                 f"cannot open a session on PKCS#11 token {self.token_label!r} ({type(error).__name__})"
             ) from None
+
+    def _wrong_pin(self) -> MasterKeyError:
+        return MasterKeyError(
+            f"the PKCS#11 PIN for token {self.token_label!r} is wrong: check SECURE_KV_PKCS11_PIN or "
+            "SECURE_KV_PKCS11_PIN_FILE (repeated wrong PINs lock most tokens)"
+        )
 
     def call(self, action: Callable[[Any], _T]) -> _T:
         """Run ``action(session)``; reopen a dropped session once."""
