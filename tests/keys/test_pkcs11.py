@@ -113,16 +113,18 @@ def test_a_missing_part_is_one_clear_line(
     assert "\n" not in str(caught.value) and softhsm.pin not in str(caught.value)
 
 
+_LOCKED = ["--label", "locked", "--so-pin", "so-1"]
+
+
 def test_a_token_whose_user_pin_is_locked_or_unset_says_so(softhsm: SoftHsm, tmp_path: Path) -> None:
     # SoftHSM2 has no retry counter, so the locked state shown is a token whose user PIN the
     # security officer has not (re)initialised: the same remedy.
     subprocess.run(
-        ["pkcs11-tool", "--module", softhsm.module, "--init-token", "--label", "locked", "--so-pin", "so-1"]
-        + ["--slot-index", "1"],
+        ["pkcs11-tool", "--module", softhsm.module, "--init-token", "--slot-index", "1", *_LOCKED],
         check=True,
         capture_output=True,
     )
-    with pytest.raises(MasterKeyError, match="'locked' is locked.*security officer"):
+    with pytest.raises(MasterKeyError, match=r"'locked' is locked.*security officer"):
         Pkcs11MasterKey(softhsm.module, "locked", "master", softhsm.pin)
 
 
