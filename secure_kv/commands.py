@@ -229,6 +229,7 @@ def rotate_master(
     *,
     generate: bool = False,
     retire_previous: bool = False,
+    batch_size: int = rotation.DEFAULT_BATCH_KEYS,
     progress: Progress = NO_PROGRESS,
 ) -> rotation.MasterRotation:
     """Rewrap every data key under the current master key.
@@ -253,7 +254,7 @@ def rotate_master(
             old = keyring_provider.current_key().kek_id
             new = keyring_provider.generate_new_key().kek_id
             store._record_event("masterkey.generate", detail=f"new master key {new}; {old} kept as previous")
-        report = rotation.rotate_master(store, progress=progress)
+        report = rotation.rotate_master(store, batch_size=batch_size, progress=progress)
         if retire_previous and report.complete:
             assert isinstance(keyring_provider, KeyringMasterKey)
             retired = [key.kek_id for key in keyring_provider.previous_keys()]

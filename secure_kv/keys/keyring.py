@@ -178,7 +178,8 @@ class KeyringMasterKey(_ReloadingProvider):
             value = self._backend.get_password(self.service, username)
         except keyring.errors.KeyringError as error:
             raise MasterKeyError(
-                f"cannot read the OS keyring ({type(error).__name__}): {_INSTALL_HINT}"
+                f"cannot read the OS keyring ({type(error).__name__}): check that it is running and "
+                f"unlocked (Secret Service: gnome-keyring, KeePassXC); otherwise {_INSTALL_HINT}"
             ) from None
         return value if isinstance(value, str) else None
 
@@ -187,5 +188,6 @@ class KeyringMasterKey(_ReloadingProvider):
             self._backend.set_password(self.service, username, text)
         except keyring.errors.KeyringError as error:
             raise MasterKeyError(
-                f"cannot write to the OS keyring ({type(error).__name__}): {_INSTALL_HINT}"
+                f"cannot write to the OS keyring ({type(error).__name__}): check that it is running and "
+                f"unlocked (Secret Service: gnome-keyring, KeePassXC); otherwise {_INSTALL_HINT}"
             ) from None

@@ -52,6 +52,7 @@ def _pkcs11() -> Any:
 # The digest of the PIN each token was logged in with, by (module, token serial): login is
 # per process in PKCS#11, so a second provider's PIN is checked against it instead.
 _LOGGED_IN: dict[tuple[str, str], bytes] = {}
+_MODULE_LOCKS: dict[str, threading.RLock] = {}
 
 
 def _pin_digest(pin: str) -> bytes:
@@ -61,19 +62,22 @@ def _pin_digest(pin: str) -> bytes:
 class _Token:
     """One logged-in session on one token, shared by the keys of a provider.
 
-    PKCS#11 sessions are not meant for concurrent use, so every call takes the lock. A
-    session the module dropped (the module was re-initialised, the HSM restarted) is opened
-    again once before a call fails.
+    python-pkcs11 initialises the module without locking callbacks, which tells it that the
+    application will not call it from several threads at once; so every call into one
+    module, from any provider in this process, takes that module's lock. A session the
+    module dropped (the module was re-initialised, the HSM restarted) is opened again once
+    before a call fails.
     """
 
     def __init__(self, module: str, token_label: str, pin: str) -> None:
         self.module = module
         self.token_label = token_label
         self._pin = pin
-        self._lock = threading.RLock()
+        self._lock = _MODULE_LOCKS.setdefault(module, threading.RLock())
         self._session: Any = None
         self.serial = ""
-        self._open()
+        with self._lock:
+            self._open()
 
     def _lib(self) -> Any:
         pkcs11 = _pkcs11()
