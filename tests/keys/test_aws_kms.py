@@ -65,7 +65,7 @@ def test_the_store_runs_on_kms_from_settings_in_the_library_and_the_cli(
 def test_an_unknown_key_names_the_key_and_what_to_check(kms: Kms, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SECURE_KV_KEY_PROVIDER", "aws-kms")
     monkeypatch.setenv("SECURE_KV_AWS_KMS_KEY_ID", "alias/does-not-exist")
-    with pytest.raises(MasterKeyError, match="no key alias/does-not-exist .*SECURE_KV_AWS_KMS_KEY_ID"):
+    with pytest.raises(MasterKeyError, match=r"no key alias/does-not-exist .*SECURE_KV_AWS_KMS_KEY_ID"):
         provider_from_settings(load_settings())
 
 

@@ -212,7 +212,8 @@ def _kek_ids(sqlite_url: str) -> list[str]:
 def _records(sqlite_url: str, workspace: str) -> int:
     with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as raw:
         (count,) = raw.execute(
-            "SELECT count(*) FROM skv_records r JOIN skv_workspaces w ON w.id = r.workspace_id WHERE w.name = ?",
+            "SELECT count(*) FROM skv_records r JOIN skv_workspaces w ON w.id = r.workspace_id "
+            "WHERE w.name = ?",
             (workspace.encode(),),
         ).fetchone()
     return int(count)
@@ -272,7 +273,7 @@ def test_keyring_daemon_down_warm_store_goes_on_and_key_changes_fail_clearly(
         secret_service_session.stop_keyring()
         assert store.workspace("w").get("k") == b"v"
         store.workspace("new").set("k", b"v")  # the master key is in memory already
-        with pytest.raises(MasterKeyError, match="OS keyring .*running and unlocked"):
+        with pytest.raises(MasterKeyError, match=r"OS keyring .*running and unlocked"):
             KeyringMasterKey()
         with pytest.raises(MasterKeyError, match="OS keyring"):
             commands.rotate_master(load_settings(database_url=sqlite_url), master_key=provider, generate=True)
