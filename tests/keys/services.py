@@ -107,25 +107,32 @@ class SoftHsm:
         return Pkcs11MasterKey(self.module, self.token_label, list(labels), self.pin)
 
 
-@pytest.fixture
-def softhsm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SoftHsm:
-    """A fresh SoftHSM2 token directory (SOFTHSM2_CONF -> a temp config) with one token."""
+def create_softhsm(directory: Path, environ: Any = os.environ) -> SoftHsm:
+    """A SoftHSM2 token directory under ``directory`` with one token; points
+    ``environ["SOFTHSM2_CONF"]`` at its config (the module reads it when initialised)."""
     if not Path(SOFTHSM_MODULE).is_file() or shutil.which("softhsm2-util") is None:
         missing("SoftHSM2", f"{SOFTHSM_MODULE} or softhsm2-util not installed (Debian: softhsm2)")
-    directory = tmp_path / "softhsm"
     (directory / "tokens").mkdir(parents=True)
     config = directory / "softhsm2.conf"
     config.write_text(
         f"directories.tokendir = {directory / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n"
     )
-    monkeypatch.setenv("SOFTHSM2_CONF", str(config))
+    environ["SOFTHSM2_CONF"] = str(config)
     label = "skv-" + uuid.uuid4().hex[:8]
     subprocess.run(
         ["softhsm2-util", "--init-token", "--free", "--label", label, "--pin", HSM_PIN, "--so-pin", "so-1"],
         check=True,
         capture_output=True,
+        env={**os.environ, "SOFTHSM2_CONF": str(config)},
     )
     return SoftHsm(SOFTHSM_MODULE, label, HSM_PIN, directory)
+
+
+@pytest.fixture
+def softhsm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SoftHsm:
+    """A fresh SoftHSM2 token directory (SOFTHSM2_CONF -> a temp config) with one token."""
+    monkeypatch.setenv("SOFTHSM2_CONF", "")  # restored after the test
+    return create_softhsm(tmp_path / "softhsm")
 
 
 # --- moto's server mode (the stand-in for AWS KMS) ---------------------------------------
@@ -199,17 +206,31 @@ class Kms:
         return key_id
 
 
+def moto_environ(server: MotoServer) -> dict[str, str | None]:
+    """Every AWS SDK setting pointed at ``server``, with dummy credentials (moto checks none);
+    ``None``: unset."""
+    return {
+        "AWS_PROFILE": None,
+        "AWS_DEFAULT_PROFILE": None,
+        "AWS_SESSION_TOKEN": None,
+        "AWS_ENDPOINT_URL": None,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL_KMS": server.endpoint,
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    }
+
+
 def use_moto(monkeypatch: pytest.MonkeyPatch, server: MotoServer) -> Kms:
-    """Point every AWS SDK setting at ``server`` with dummy credentials (moto checks none)."""
-    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ENDPOINT_URL_KMS", server.endpoint)
-    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    """Point the AWS settings of this test at ``server``."""
+    for name, value in moto_environ(server).items():
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
     return Kms(server)
 
 
@@ -276,6 +297,7 @@ class SecretService:
         self.bus = subprocess.Popen(
             ["dbus-daemon", f"--config-file={config}", "--nofork", "--print-address=1"],
             stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
             env=self.environ(),
         )
         assert self.bus.stdout is not None
