@@ -180,25 +180,33 @@ def cold(
 
 def rotation(factories: Factories, directory: Path, quick: bool) -> dict[str, Any]:
     count = 100 if quick else 1000
+    rounds = 1 if quick else 3
     old = os.urandom(32)
     template = directory / "rotation-template.db"
     with SecureStore.open(f"sqlite:///{template}", master_key=StaticMasterKey(old)) as store:
         for n in range(count):
             store.workspace(f"tenant-{n}:plugin").set("k", b"v")
-    results = {}
-    for name, make in factories.items():
-        path = directory / f"rotation-{name}.db"
-        for suffix in ("", "-wal", "-shm"):
-            if Path(f"{template}{suffix}").exists():
-                shutil.copy(f"{template}{suffix}", f"{path}{suffix}")
-        provider = WithPreviousKeys(make(), [RawMasterKey(old)])
-        with SecureStore.open(f"sqlite:///{path}", master_key=provider) as store:
-            start = time.perf_counter()
-            report = rotate_master(store)
-            seconds = time.perf_counter() - start
-        assert report.complete and report.rewrapped == count, report
-        results[name] = {"workspaces": count, "seconds": seconds, "keys_per_second": count / seconds}
-    return results
+    providers = {name: WithPreviousKeys(make(), [RawMasterKey(old)]) for name, make in factories.items()}
+    seconds: dict[str, list[float]] = {name: [] for name in factories}
+    rng = random.Random(11)
+    for _ in range(rounds):  # providers in a fresh order each round, each on a fresh copy
+        order = list(factories)
+        rng.shuffle(order)
+        for name in order:
+            path = directory / f"rotation-{name}.db"
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+                if Path(f"{template}{suffix}").exists():
+                    shutil.copy(f"{template}{suffix}", f"{path}{suffix}")
+            with SecureStore.open(f"sqlite:///{path}", master_key=providers[name]) as store:
+                start = time.perf_counter()
+                report = rotate_master(store)
+                seconds[name].append(time.perf_counter() - start)
+            assert report.complete and report.rewrapped == count, report
+    return {
+        name: {"workspaces": count, "seconds": statistics.median(values), "runs": values}
+        for name, values in seconds.items()
+    }
 
 
 def table(results: dict[str, Any]) -> str:
@@ -217,6 +225,11 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def cpu_note() -> str:
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return f"{os.cpu_count()} CPUs, load average {load:.1f} at the end of the run"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke test: small counts, few rounds")
@@ -230,9 +243,11 @@ def main() -> None:
                 "cold": cold(factories, directory, args.quick),
                 "rotation": rotation(factories, directory, args.quick),
             }
+    results["machine"] = cpu_note()
     if not args.quick:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
+    print(results["machine"])
 
 
 if __name__ == "__main__":

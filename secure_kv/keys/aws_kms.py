@@ -3,8 +3,11 @@
 Data keys are wrapped with KMS ``Encrypt`` and unwrapped with ``Decrypt``; the associated
 data travels as the *encryption context* ``{"secure_kv:ad": base64url(associated data)}``,
 which KMS binds to the ciphertext exactly as AES-GCM binds its AAD (and writes to
-CloudTrail, so what a decrypt was for is audited there too). The wrapped bytes are KMS's
-own ``CiphertextBlob``.
+CloudTrail, so what a decrypt was for is audited there too).
+
+Wrapped layout (version 1): ``0x01 || key tag (8 bytes) || KMS CiphertextBlob``, where the
+key tag is the first 8 bytes of SHA-256 over the key's ARN: a blob of another key is
+refused here as not authentic, without a call (AWS would answer IncorrectKeyException).
 
 The key is named by ``SECURE_KV_AWS_KMS_KEY_ID`` (key id, ARN or alias; comma-separated:
 current first, previous after). Region, endpoint and credentials come from the usual AWS
@@ -20,11 +23,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..errors import AuthenticationError, ConfigurationError, MasterKeyError
+from ..errors import AuthenticationError, ConfigurationError, MasterKeyError, UnsupportedVersionError
 from .base import MasterKey, MasterKeyProvider
 
 if TYPE_CHECKING:
@@ -33,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = ["AwsKmsMasterKey"]
 
 CONTEXT_KEY = "secure_kv:ad"
+_FORMAT = 1
 CONNECT_TIMEOUT = 3.0
 READ_TIMEOUT = 5.0
 MAX_ATTEMPTS = 2
@@ -119,7 +124,9 @@ class AwsKmsKey(MasterKey):
                 f"AWS KMS key {key_id} is not a symmetric encryption key (SYMMETRIC_DEFAULT)"
             )
         self.arn = str(metadata["Arn"])
-        self._kek_id = "kms-" + hashlib.sha256(self.arn.encode()).hexdigest()[:16]
+        digest = hashlib.sha256(self.arn.encode()).digest()
+        self._kek_id = "kms-" + digest[:8].hex()
+        self._tag = digest[:8]
 
     @property
     def kek_id(self) -> str:
@@ -137,17 +144,27 @@ class AwsKmsKey(MasterKey):
             Plaintext=plaintext,
             EncryptionContext=self._context(associated_data),
         )
-        return bytes(result["CiphertextBlob"])
+        return bytes([_FORMAT]) + self._tag + bytes(result["CiphertextBlob"])
 
     def unwrap(self, wrapped: bytes, associated_data: bytes) -> bytes:
-        if not wrapped:
-            raise AuthenticationError("wrapped key is malformed")
+        if wrapped and wrapped[0] > _FORMAT:
+            raise UnsupportedVersionError(
+                f"wrapped key has format {wrapped[0]}, newer than this secure_kv reads ({_FORMAT}): "
+                "upgrade secure_kv"
+            )
+        header = 1 + len(self._tag)
+        if (
+            len(wrapped) <= header
+            or wrapped[0] != _FORMAT
+            or not hmac.compare_digest(wrapped[1:header], self._tag)
+        ):
+            raise AuthenticationError("wrapped key is malformed or wrapped by another key")
         # KeyId pins the key: KMS refuses a ciphertext made under any other key.
         result = self._kms.call(
             "decrypt",
             self.arn,
             KeyId=self.arn,
-            CiphertextBlob=wrapped,
+            CiphertextBlob=wrapped[header:],
             EncryptionContext=self._context(associated_data),
         )
         return bytes(result["Plaintext"])

@@ -171,6 +171,25 @@ def test_file_key_to_hsm_to_kms_online_with_records_read_throughout(
         SecureStore.open(database_url, master_key=FileMasterKey(key_file))
 
 
+def test_keyring_to_kms_with_the_keyring_as_previous_provider(
+    secret_service: Any, kms: Kms, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fill(sqlite_url, KeyringMasterKey(create=True))
+    alias = f"alias/secure-kv-from-keyring-{uuid.uuid4().hex[:8]}"
+    kms.create_key(alias=alias)
+    settings = _settings(
+        monkeypatch,
+        sqlite_url,
+        SECURE_KV_KEY_PROVIDER="aws-kms",
+        SECURE_KV_AWS_KMS_KEY_ID=alias,
+        SECURE_KV_PREVIOUS_KEY_PROVIDER="keyring",
+    )
+    report = _rotate_online(settings, sqlite_url)
+    assert report.complete and report.rewrapped == WORKSPACES
+    with SecureStore.open(sqlite_url, master_key=AwsKmsMasterKey(alias)) as store:
+        assert all(store.workspace(w).get(k) == v for (w, k), v in EXPECTED.items())
+
+
 def test_an_interrupted_move_from_raw_keys_to_the_hsm_resumes(
     sqlite_url: str, softhsm: SoftHsm, monkeypatch: pytest.MonkeyPatch
 ) -> None:
