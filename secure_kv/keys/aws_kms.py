@@ -57,7 +57,7 @@ def _client(region: str | None, endpoint_url: str | None) -> Any:
     config = Config(
         connect_timeout=CONNECT_TIMEOUT,
         read_timeout=READ_TIMEOUT,
-        retries={"max_attempts": MAX_ATTEMPTS, "mode": "standard"},
+        retries={"total_max_attempts": MAX_ATTEMPTS, "mode": "standard"},
     )
     try:
         return boto3.session.Session().client(

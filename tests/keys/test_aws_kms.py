@@ -73,3 +73,43 @@ def test_the_provider_needs_a_key_id(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SECURE_KV_KEY_PROVIDER", "aws-kms")
     with pytest.raises(ConfigurationError, match="SECURE_KV_AWS_KMS_KEY_ID"):
         provider_from_settings(load_settings())
+
+
+def test_a_kms_that_accepts_but_never_answers_fails_in_bounded_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A black-holed endpoint (connections accepted, nothing answered) ends in a
+    MasterKeyError after the bounded read timeout and retries, not a hang."""
+    import socket
+    import threading
+
+    from secure_kv.keys import aws_kms
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    monkeypatch.setattr(aws_kms, "READ_TIMEOUT", 0.5)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    endpoint = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        with pytest.raises(MasterKeyError, match=r"unreachable \(ReadTimeoutError\)"):
+            AwsKmsMasterKey("alias/any", region="us-east-1", endpoint_url=endpoint)
+        assert len(accepted) == aws_kms.MAX_ATTEMPTS  # each attempt timed out, then it gave up
+    finally:
+        stop.set()
+        thread.join()
+        for connection in accepted:
+            connection.close()
+        listener.close()
