@@ -34,6 +34,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -242,6 +243,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a smoke test: small counts, few rounds")
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "providers.json")
     args = parser.parse_args()
+    # A terminated run still stops the servers it started (the finally blocks run).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory(prefix="skv-bench-providers-") as tmp:
         directory = Path(tmp)
         with services(directory) as factories:
