@@ -24,13 +24,10 @@ from secure_kv.keys.base import generate_master_key
 from secure_kv.testing.providers import MasterKeyProviderContract
 from tests.keyring_backend import MemoryKeyring
 
-from .fake_kms import FakeKmsMasterKey, FakeKmsService
 from .services import Kms, SoftHsm
 
 _STATIC = (os.urandom(32), os.urandom(32))
 _TEXT = (generate_master_key(), generate_master_key())
-_KMS = FakeKmsService()
-_KMS_IDS = (_KMS.create_key(), _KMS.create_key())
 
 
 class TestStaticMasterKey(MasterKeyProviderContract):
@@ -65,11 +62,6 @@ class TestKeyringMasterKey(MasterKeyProviderContract):
 
     def make_provider(self) -> MasterKeyProvider:
         return KeyringMasterKey()
-
-
-class TestFakeKmsMasterKey(MasterKeyProviderContract):
-    def make_provider(self) -> MasterKeyProvider:
-        return FakeKmsMasterKey(_KMS, _KMS_IDS[0], previous=[_KMS_IDS[1]])
 
 
 class TestSecretServiceKeyringMasterKey(MasterKeyProviderContract):
