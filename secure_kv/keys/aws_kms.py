@@ -42,6 +42,8 @@ CONNECT_TIMEOUT = 3.0
 READ_TIMEOUT = 5.0
 MAX_ATTEMPTS = 2
 
+_loader: Any = None
+
 _INSTALL = "the aws-kms provider needs boto3: pip install 'secure-kv[aws]'"
 _IAM_HINT = (
     "the caller needs kms:Encrypt, kms:Decrypt and kms:DescribeKey on the key (docs/key-management.md)"
@@ -59,8 +61,17 @@ def _client(region: str | None, endpoint_url: str | None) -> Any:
         read_timeout=READ_TIMEOUT,
         retries={"total_max_attempts": MAX_ATTEMPTS, "mode": "standard"},
     )
+    global _loader
     try:
-        return boto3.session.Session().client(
+        import botocore.session
+        from botocore.loaders import create_loader
+
+        # A fresh session per provider reads credentials and settings as they are now; the
+        # service model files, which never change, are parsed once per process (~0.3 s each).
+        core = botocore.session.get_session()
+        _loader = _loader or create_loader()
+        core.register_component("data_loader", _loader)
+        return boto3.session.Session(botocore_session=core).client(
             "kms", region_name=region, endpoint_url=endpoint_url, config=config
         )
     except Exception as error:  # botocore raises NoRegionError and others at client creation
