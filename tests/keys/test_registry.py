@@ -13,8 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from secure_kv import SecureStore
+from secure_kv.cli import main
 from secure_kv.errors import ConfigurationError
 from secure_kv.keys import ENTRY_POINT_GROUP, EnvMasterKey, available_providers, load_provider
 from secure_kv.keys.base import generate_master_key
@@ -89,15 +91,19 @@ def test_a_third_party_provider_is_chosen_by_name_in_the_library(
     assert StaticMasterKey(key).current_key().kek_id == kek_id
 
 
-def test_a_third_party_provider_is_chosen_by_name_in_the_cli(third_party: Path, sqlite_url: str) -> None:
+def test_a_third_party_provider_is_chosen_by_name_in_the_cli(
+    third_party: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(third_party), os.environ.get("PYTHONPATH", "")]),
         "SECURE_KV_KEY_PROVIDER": "demo-vault",
         "SECURE_KV_DATABASE_URL": sqlite_url,
     }
-    cli = [sys.executable, "-m", "secure_kv"]
-    subprocess.run([*cli, "init"], env=env, check=True, capture_output=True)
+    monkeypatch.setenv("SECURE_KV_KEY_PROVIDER", "demo-vault")
+    initialised = CliRunner().invoke(main, ["--database-url", sqlite_url, "init"])  # in this process
+    assert initialised.exit_code == 0, initialised.output
+    cli = [sys.executable, "-m", "secure_kv"]  # a process of its own finds the entry point too
     subprocess.run([*cli, "set", "w", "k"], input=b"via the CLI", env=env, check=True, capture_output=True)
     shown = subprocess.run([*cli, "get", "w", "k"], env=env, check=True, capture_output=True)
     assert shown.stdout == b"via the CLI"

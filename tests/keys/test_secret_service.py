@@ -9,15 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from keyrings.alt.file import PlaintextKeyring
 
+from secure_kv.cli import main
 from secure_kv.errors import MasterKeyError
 from secure_kv.keys import KeyringMasterKey
 
 from .services import SecretService
 
 
-def _cli(service: SecretService, url: str, *arguments: str, stdin: bytes | None = None) -> str:
+def _subprocess_cli(service: SecretService, url: str, *arguments: str) -> str:
+    """The CLI in a process of its own, finding gnome-keyring through the D-Bus session."""
     env = {
         **service.environ(),
         "SECURE_KV_DATABASE_URL": url,
@@ -25,34 +28,47 @@ def _cli(service: SecretService, url: str, *arguments: str, stdin: bytes | None 
         "PYTHON_KEYRING_BACKEND": "keyring.backends.SecretService.Keyring",
     }
     done = subprocess.run(
-        [sys.executable, "-m", "secure_kv", *arguments], input=stdin, env=env, capture_output=True, check=True
+        [sys.executable, "-m", "secure_kv", *arguments], env=env, capture_output=True, check=True
     )
     return done.stdout.decode()
 
 
+def _cli(url: str, *arguments: str, stdin: bytes | None = None) -> str:
+    """The CLI in this process, whose keyring backend is the Secret Service one."""
+    result = CliRunner().invoke(main, ["--database-url", url, *arguments], input=stdin)
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
 def test_init_and_rotate_master_generate_keep_the_key_history_in_gnome_keyring(
-    secret_service: Any, secret_service_session: SecretService, sqlite_url: str
+    secret_service: Any,
+    secret_service_session: SecretService,
+    sqlite_url: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    service = secret_service_session
-    assert "master key kek_id" in _cli(service, sqlite_url, "init")
+    monkeypatch.setenv("SECURE_KV_KEY_PROVIDER", "keyring")
+    assert "master key kek_id" in _subprocess_cli(secret_service_session, sqlite_url, "init")
     first = secret_service.get_password("secure-kv", "master-key")
     assert first is not None
-    _cli(service, sqlite_url, "set", "tenant:plugin", "k", stdin=b"kept across rotations")
+    _cli(sqlite_url, "set", "tenant:plugin", "k", stdin=b"kept across rotations")
     old_id = KeyringMasterKey().current_key().kek_id
 
-    _cli(service, sqlite_url, "rotate", "master", "--generate")
+    _cli(sqlite_url, "rotate", "master", "--generate")
     # The old key is kept in the keyring under its kek_id, listed as previous.
     assert secret_service.get_password("secure-kv", f"master-key.{old_id}") == first
     assert secret_service.get_password("secure-kv", "master-key.previous") == old_id
     assert secret_service.get_password("secure-kv", "master-key") != first
     provider = KeyringMasterKey()
     assert [key.kek_id for key in provider.previous_keys()] == [old_id]
-    assert _cli(service, sqlite_url, "get", "tenant:plugin", "k") == "kept across rotations"
+    assert (
+        _subprocess_cli(secret_service_session, sqlite_url, "get", "tenant:plugin", "k")
+        == "kept across rotations"
+    )
 
-    _cli(service, sqlite_url, "rotate", "master", "--retire-previous")
+    _cli(sqlite_url, "rotate", "master", "--retire-previous")
     assert secret_service.get_password("secure-kv", f"master-key.{old_id}") is None
     assert KeyringMasterKey().previous_keys() == ()
-    assert _cli(service, sqlite_url, "get", "tenant:plugin", "k") == "kept across rotations"
+    assert _cli(sqlite_url, "get", "tenant:plugin", "k") == "kept across rotations"
 
 
 def test_the_master_key_is_stored_in_the_unlocked_login_collection(secret_service: Any) -> None:
