@@ -107,7 +107,10 @@ def init(settings: Settings | None = None, master_key: MasterKeyProvider | None 
     master key if there is none yet. Checks the master key against the store's data keys.
     """
     settings = settings if settings is not None else load_settings()
-    provider = master_key if master_key is not None else provider_from_settings(settings, create=True)
+    # Only the keyring's key is made here; an HSM or KMS key is made on purpose
+    # (`secure-kv keygen --provider pkcs11`, `aws kms create-key`), never by a typo'd label.
+    create = settings.key_provider == "keyring"
+    provider = master_key if master_key is not None else provider_from_settings(settings, create=create)
     database = Database(settings.database_url, settings)
     try:
         before = upgrade_schema(database)

@@ -145,3 +145,16 @@ def test_previous_keys_are_listed_by_label(softhsm: SoftHsm, sqlite_url: str) ->
     assert [key.kek_id for key in both.all_keys()][1] == Pkcs11MasterKey(
         **_args(softhsm, "old")
     ).current_key().kek_id
+
+
+def test_init_does_not_make_an_hsm_key_it_points_to_keygen(
+    softhsm: SoftHsm, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from secure_kv import commands
+
+    for name, value in {**softhsm.environ("typo-label"), "SECURE_KV_KEY_PROVIDER": "pkcs11"}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(MasterKeyError, match="keygen --provider pkcs11"):
+        commands.init(load_settings(database_url=sqlite_url))
+    with pytest.raises(MasterKeyError, match="no AES key labelled 'typo-label'"):
+        Pkcs11MasterKey(**_args(softhsm, "typo-label"))
