@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from secure_kv.settings import load_settings
 from .services import Kms, MotoServer, SecretService, SoftHsm, use_moto
 
 WORKSPACES = 24
+CACHE_SECONDS = 1.0
 BATCH = 5
 EXPECTED = {
     (f"tenant-{n}:plugin", f"key-{k}"): f"value {n}/{k}".encode() for n in range(WORKSPACES) for k in range(2)
@@ -257,6 +259,8 @@ def test_kms_down_warm_workspaces_go_on_and_everything_else_fails_clearly(
     warm = store.workspace("warm")
     warm.set("k", b"v")
     assert store.workspace("tenant-0:plugin").get("key-0") == EXPECTED[("tenant-0:plugin", "key-0")]
+    short = SecureStore.open(sqlite_url, master_key=provider, dek_cache_seconds=CACHE_SECONDS)
+    assert short.workspace("warm").get("k") == b"v"  # cached for CACHE_SECONDS from now
 
     own_moto_server.stop()
 
@@ -278,6 +282,11 @@ def test_kms_down_warm_workspaces_go_on_and_everything_else_fails_clearly(
     with pytest.raises(MasterKeyError, match="AWS KMS"):
         commands.rotate_master(settings, master_key=provider)
     store.close()
+    # The cache's age is bounded: once it has passed, even a warm workspace needs KMS.
+    time.sleep(CACHE_SECONDS + 0.1)
+    with pytest.raises(MasterKeyError, match="AWS KMS"):
+        short.workspace("warm").get("k")
+    short.close()
     # The rotation wrote nothing: the old key alone still opens every workspace it wrapped.
     with SecureStore.open(sqlite_url, master_key=StaticMasterKey(_raw(old))) as before:
         assert all(before.workspace(w).get(k) == v for (w, k), v in EXPECTED.items())
