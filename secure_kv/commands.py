@@ -249,7 +249,9 @@ def rotate_master(
         raise ConfigurationError(
             "--generate and --retire-previous manage keys in the OS keyring (SECURE_KV_KEY_PROVIDER="
             "keyring); with env or file, make a key with `secure-kv keygen`, make it current and list "
-            "the old one as previous (SECURE_KV_PREVIOUS_MASTER_KEYS, or a later line of the key file)"
+            "the old one as previous (SECURE_KV_PREVIOUS_MASTER_KEYS, or a later line of the key file); "
+            "with pkcs11 or aws-kms, make the new key and list it first in SECURE_KV_PKCS11_KEY_LABEL "
+            "or SECURE_KV_AWS_KMS_KEY_ID"
         )
     with _open(settings, provider) as store:
         if generate:
