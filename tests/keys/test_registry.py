@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,7 @@ from secure_kv.settings import load_settings
 THIRD_PARTY = '''
 import base64
 import os
+import re
 
 from secure_kv.keys import StaticMasterKey
 
@@ -136,3 +138,20 @@ def test_a_third_party_cannot_take_over_a_built_in_name(
 def test_an_entry_point_that_makes_no_provider_is_refused(third_party: Path) -> None:
     with pytest.raises(ConfigurationError, match=r"returned str, not a secure_kv\.keys\.MasterKeyProvider"):
         load_provider("broken-vault", load_settings())
+
+
+@pytest.mark.parametrize(
+    ("name", "module", "extra"),
+    [("pkcs11", "pkcs11", "secure-kv[hsm]"), ("aws-kms", "boto3", "secure-kv[aws]")],
+)
+def test_a_provider_whose_extra_is_not_installed_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str, module: str, extra: str
+) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # as if the package were not installed
+    monkeypatch.setenv("SECURE_KV_PKCS11_MODULE", "/usr/lib/softhsm/libsofthsm2.so")
+    monkeypatch.setenv("SECURE_KV_PKCS11_TOKEN_LABEL", "t")
+    monkeypatch.setenv("SECURE_KV_PKCS11_KEY_LABEL", "k")
+    monkeypatch.setenv("SECURE_KV_PKCS11_PIN", "0000")
+    monkeypatch.setenv("SECURE_KV_AWS_KMS_KEY_ID", "alias/k")
+    with pytest.raises(ConfigurationError, match=re.escape(f"pip install '{extra}'")):
+        load_provider(name, load_settings())
