@@ -63,6 +63,12 @@ class MasterKeyProviderContract:
             secret = os.urandom(32)
             assert key.unwrap(key.wrap(secret, b"ad"), b"ad") == secret
 
+    def test_wrapping_the_same_key_twice_gives_different_bytes(self) -> None:
+        # A fresh nonce each time: a repeated nonce under one key breaks AES-GCM.
+        key = self.make_provider().current_key()
+        secret = os.urandom(32)
+        assert key.wrap(secret, b"ad") != key.wrap(secret, b"ad")
+
     def test_a_key_refuses_what_another_key_wrapped(self) -> None:
         keys = self.make_provider().all_keys()
         if len(keys) < 2:
