@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from secure_kv import Category, SecureStore
-from secure_kv.audit_keys import load_signing_key, rewrap_signing_keys
+from secure_kv.audit_keys import load_signing_key, replace_signing_keys, trusted_signing_keys
 from secure_kv.audit_verify import verify
 from secure_kv.errors import AuthenticationError, StorageError
 from secure_kv.keys import StaticMasterKey
@@ -194,7 +194,7 @@ def test_admin_events_commit_and_roll_back_with_the_callers_transaction(
     assert report.ok, report.failures
 
 
-def test_the_signing_key_is_rewrapped_on_master_rotation_and_stays_the_same_key(database_url: str) -> None:
+def test_master_rotation_replaces_the_signing_key_and_keeps_the_old_public_half(database_url: str) -> None:
     old, new = os.urandom(32), os.urandom(32)
     with SecureStore.open(database_url, master_key=StaticMasterKey(old)) as store:
         store.workspace("w").set("k", b"v", category=Category.TOKEN)
@@ -202,11 +202,18 @@ def test_the_signing_key_is_rewrapped_on_master_rotation_and_stays_the_same_key(
     rotated = StaticMasterKey(new, previous=[old])
     with SecureStore.open(database_url, master_key=rotated) as store:
         with store._db.connect(lock=True) as connection, connection.begin():
-            assert rewrap_signing_keys(connection, rotated) == 1
-            assert rewrap_signing_keys(connection, rotated) == 0
-        # Only the new master key is needed for the signing key from now on.
+            first = replace_signing_keys(connection, rotated, now=0)
+        with store._db.connect(lock=True) as connection, connection.begin():
+            again = replace_signing_keys(connection, rotated, now=0)
+        assert (first.created, first.retired, first.remaining) == (1, 1, 0)
+        assert (again.created, again.retired, again.remaining) == (0, 0, 0)
+        # Only the new master key is needed from now on: it wraps the new key and vouches
+        # for the old public half, whose seed is gone.
         signer = load_signing_key(store._db, StaticMasterKey(new), now=0)
-    assert (signer.id, signer.public_key) == (1, public)
+        with store._db.connect() as connection:
+            trusted = trusted_signing_keys(connection, StaticMasterKey(new))
+    assert signer.id == 2 and signer.public_key != public
+    assert trusted.public == {1: public, 2: signer.public_key} and trusted.problems == []
 
 
 def test_events_never_hold_a_value(url_and_store: tuple[str, SecureStore]) -> None:
