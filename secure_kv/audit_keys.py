@@ -15,7 +15,10 @@ access alone can add rows, but cannot make them authenticate.
 created under the new master key, and each old key's seed is destroyed, its row keeping the
 public half and, instead of the seed, a retirement mark wrapped under the current master
 key (associated data ``"secure_kv/v1/audit-signing-key-retired" | public key``), so the old
-public half still authenticates and still verifies the events it signed.
+public half still authenticates and still verifies the events it signed. The mark holds
+the digest of the heads of every chain the key signed when it was retired
+(:func:`~secure_kv.audit_events.retired_chains_digest`): an event signed with the old seed
+afterwards, by whoever unwrapped it with a leaked master key, makes the key untrusted.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from .database import Database
 from .errors import AuthenticationError, MasterKeyError, UnsupportedVersionError
 from .keys.base import MasterKey, MasterKeyProvider
-from .schema import audit_signing_keys
+from .audit_events import retired_chains_digest
+from .schema import audit_chains, audit_checkpoints, audit_events, audit_signing_keys
 
 __all__ = [
     "KeyProblem",
@@ -58,10 +62,31 @@ def _associated_data(public_key: bytes) -> bytes:
     return SIGNING_KEY_LABEL + bytes(public_key)
 
 
-def _retired_mark(public_key: bytes) -> tuple[bytes, bytes]:
-    """(plaintext, associated data) of a retired key's mark: 32 bytes, as any provider wraps."""
-    associated = RETIRED_LABEL + bytes(public_key)
-    return hashlib.sha256(associated).digest(), associated
+def _retired_associated_data(public_key: bytes) -> bytes:
+    return RETIRED_LABEL + bytes(public_key)
+
+
+def _retired_heads(connection: sa.Connection, key_id: int) -> bytes:
+    """The digest of the heads of every chain ``key_id`` signed, as the table holds them now:
+    each chain's last event, or its prune checkpoint if every event was pruned."""
+    e, c, ch = audit_events.c, audit_checkpoints.c, audit_chains.c
+    chains = sa.select(ch.id).where(ch.signing_key_id == key_id)
+    heads: dict[int, tuple[int, bytes]] = {}
+    for chain, seq, digest in connection.execute(
+        sa.select(c.chain_id, c.seq, c.digest).where(c.chain_id.in_(chains))
+    ):
+        heads[int(chain)] = (int(seq), bytes(digest))
+    top = (
+        sa.select(e.chain_id.label("chain"), sa.func.max(e.seq).label("top"))
+        .where(e.chain_id.in_(chains))
+        .group_by(e.chain_id)
+        .subquery("h")
+    )
+    for chain, seq, digest in connection.execute(
+        sa.select(e.chain_id, e.seq, e.digest).join(top, sa.and_(top.c.chain == e.chain_id, top.c.top == e.seq))
+    ):
+        heads[int(chain)] = (int(seq), bytes(digest))
+    return retired_chains_digest(key_id, [(chain, seq, digest) for chain, (seq, digest) in heads.items()])
 
 
 class SigningKey:
@@ -104,6 +129,10 @@ def verify_signature(public_key: bytes, signature: bytes, message: bytes) -> boo
 class _Retired(Exception):
     """The row holds a retirement mark, not a seed: its key verifies old events, signs nothing."""
 
+    def __init__(self, heads: bytes) -> None:
+        super().__init__("retired")
+        self.heads = heads  # retired_chains_digest when it was retired
+
 
 def _unwrap(master: MasterKey, key_id: int, public_key: bytes, wrapped: bytes) -> Ed25519PrivateKey:
     """The private key of an active row; :class:`_Retired` for a retired one (mark authentic)."""
@@ -111,12 +140,12 @@ def _unwrap(master: MasterKey, key_id: int, public_key: bytes, wrapped: bytes) -
         raw = master.unwrap(bytes(wrapped), _associated_data(public_key))
         private = Ed25519PrivateKey.from_private_bytes(raw)
     except (AuthenticationError, ValueError):
-        mark, associated = _retired_mark(public_key)
         try:
-            if master.unwrap(bytes(wrapped), associated) == mark:
-                raise _Retired from None
+            heads = master.unwrap(bytes(wrapped), _retired_associated_data(public_key))
         except (AuthenticationError, ValueError):
-            pass
+            heads = None
+        if heads is not None:
+            raise _Retired(heads) from None
         raise AuthenticationError(
             f"audit signing key {key_id} failed authentication under master key {master.kek_id}: "
             "it was altered, its public key replaced, or it was planted by someone without the "
@@ -139,22 +168,21 @@ def _key_rows(connection: sa.Connection, *where: Any) -> list[Any]:
 
 
 def load_signing_key(database: Database, provider: MasterKeyProvider, now: int) -> SigningKey:
-    """The store's signing key: the oldest active key the current master key wraps, else the
-    oldest active key a previous master key wraps (until ``rotate master`` replaces it), else
-    a new one under the current master key.
+    """The store's signing key: the oldest active key the current master key wraps, else a
+    new one under it. A key under a previous master key is never used to sign: once a new
+    master key is current, stores move to a key whose seed no old master key ever wrapped
+    (within a minute, see ``AuditLog``), and ``rotate master`` retires the old one.
 
     Racing processes may each create one; everyone then uses the lowest id, so they settle
     on a single key. A row that fails authentication is never used (``audit verify`` names it).
     """
-    held = {key.kek_id: key for key in provider.all_keys()}
     current = provider.current_key()
     for _ in range(_MAX_ATTEMPTS):
         with database.connect() as connection:
-            rows = _key_rows(connection, audit_signing_keys.c.kek_id.in_(list(held)))
-        rows.sort(key=lambda row: (row.kek_id != current.kek_id, row.id))
+            rows = _key_rows(connection, audit_signing_keys.c.kek_id == current.kek_id)
         for key_id, public_key, kek_id, wrapped in rows:
             try:
-                private = _unwrap(held[kek_id], int(key_id), public_key, wrapped)
+                private = _unwrap(current, int(key_id), public_key, wrapped)
             except _Retired:
                 continue
             except AuthenticationError as error:
@@ -243,8 +271,18 @@ def trusted_signing_keys(
             continue
         try:
             _unwrap(master, key_id, public_key, wrapped)
-        except _Retired:
-            pass
+        except _Retired as retired:
+            if retired.heads != _retired_heads(connection, key_id):
+                result.problems.append(
+                    KeyProblem(
+                        key_id,
+                        "retired by a master rotation, but the chains it signed changed since "
+                        "(events signed or chains added after it was retired, with a seed unwrapped "
+                        "by an old master key, or by a process still signing with it): events it "
+                        "signed are not trusted",
+                    )
+                )
+                continue
         except (AuthenticationError, UnsupportedVersionError) as error:
             result.problems.append(KeyProblem(key_id, str(error)))
             continue
@@ -292,23 +330,24 @@ def replace_signing_keys(
             continue
         try:
             _unwrap(master, int(key_id), public_key, wrapped)
-            is_active = True
-        except _Retired:
-            is_active = False
+            heads = None
+        except _Retired as was_retired:
+            heads = was_retired.heads
         except (AuthenticationError, UnsupportedVersionError) as error:
             log.error("%s; left as it is", error)
             remaining += 1
             continue
         if kek_id == current.kek_id:
-            active_current = active_current or is_active
+            active_current = active_current or heads is None
             continue
-        mark, associated = _retired_mark(public_key)
+        if heads is None:  # retire it: its chains end here
+            heads = _retired_heads(connection, int(key_id))
+            retired += 1
         connection.execute(
             table.update()
             .where(table.c.id == key_id, table.c.kek_id == kek_id, table.c.wrapped == wrapped)
-            .values(kek_id=current.kek_id, wrapped=current.wrap(mark, associated))
+            .values(kek_id=current.kek_id, wrapped=current.wrap(heads, _retired_associated_data(public_key)))
         )
-        retired += is_active
     if not active_current:
         _insert_new_key(connection, current, now)
         created = 1
