@@ -344,7 +344,9 @@ class AuditLog:
         self._admin_written = (seq, digest)
         self._admin_transaction = transaction
 
-    def _admin_head(self, connection: sa.Connection, chain_id: int, transaction: Any) -> tuple[int, bytes] | None:
+    def _admin_head(
+        self, connection: sa.Connection, chain_id: int, transaction: Any
+    ) -> tuple[int, bytes] | None:
         """Where the next admin event links: the head this process wrote, or, if the
         transaction that wrote it rolled back, the head before it (``None``: a new chain)."""
         written = self._admin_written

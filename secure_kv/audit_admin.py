@@ -143,7 +143,9 @@ def take_anchor(store: SecureStore) -> Anchor:
         keys = trusted.public
         chain_keys = {
             int(chain): int(key_id)
-            for chain, key_id in connection.execute(sa.select(audit_chains.c.id, audit_chains.c.signing_key_id))
+            for chain, key_id in connection.execute(
+                sa.select(audit_chains.c.id, audit_chains.c.signing_key_id)
+            )
         }
         untrusted = [f"audit signing key {p.key_id}: {p.problem}" for p in trusted.problems]
         for chain in sorted(heads):
@@ -279,8 +281,12 @@ def _check_segment(
         )
     if checkpoint is not None:
         checkpoint_key = keys.get(int(checkpoint.signing_key_id))
-        message = checkpoint_message(chain, int(checkpoint.seq), bytes(checkpoint.digest), int(checkpoint.created_at))
-        if checkpoint_key is None or not verify_signature(checkpoint_key, bytes(checkpoint.signature), message):
+        message = checkpoint_message(
+            chain, int(checkpoint.seq), bytes(checkpoint.digest), int(checkpoint.created_at)
+        )
+        if checkpoint_key is None or not verify_signature(
+            checkpoint_key, bytes(checkpoint.signature), message
+        ):
             raise AuthenticationError("its prune checkpoint's signature is invalid (forged or edited)")
         seq, previous = int(checkpoint.seq), bytes(checkpoint.digest)
     else:

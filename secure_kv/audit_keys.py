@@ -23,7 +23,6 @@ afterwards, by whoever unwrapped it with a leaked master key, makes the key untr
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,10 +32,10 @@ import sqlalchemy as sa
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from .audit_events import retired_chains_digest
 from .database import Database
 from .errors import AuthenticationError, MasterKeyError, UnsupportedVersionError
 from .keys.base import MasterKey, MasterKeyProvider
-from .audit_events import retired_chains_digest
 from .schema import audit_chains, audit_checkpoints, audit_events, audit_signing_keys
 
 __all__ = [
@@ -83,7 +82,9 @@ def _retired_heads(connection: sa.Connection, key_id: int) -> bytes:
         .subquery("h")
     )
     for chain, seq, digest in connection.execute(
-        sa.select(e.chain_id, e.seq, e.digest).join(top, sa.and_(top.c.chain == e.chain_id, top.c.top == e.seq))
+        sa.select(e.chain_id, e.seq, e.digest).join(
+            top, sa.and_(top.c.chain == e.chain_id, top.c.top == e.seq)
+        )
     ):
         heads[int(chain)] = (int(seq), bytes(digest))
     return retired_chains_digest(key_id, [(chain, seq, digest) for chain, (seq, digest) in heads.items()])
@@ -122,8 +123,6 @@ def verify_signature(public_key: bytes, signature: bytes, message: bytes) -> boo
     except (InvalidSignature, ValueError):
         return False
     return True
-
-
 
 
 class _Retired(Exception):

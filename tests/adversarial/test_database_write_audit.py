@@ -263,7 +263,9 @@ def test_a_seed_unwrapped_with_a_leaked_master_key_signs_nothing_after_rotate_ma
     key_id, public, wrapped = attacker.sql("SELECT id, public_key, wrapped FROM skv_audit_signing_keys")[0]
     seed = StaticMasterKey(old).current_key().unwrap(bytes(wrapped), SEED_LABEL + bytes(public))
     stolen = Ed25519PrivateKey.from_private_bytes(seed)
-    old_chain = int(attacker.scalar("SELECT MIN(id) FROM skv_audit_chains WHERE signing_key_id = :k", k=key_id))
+    old_chain = int(
+        attacker.scalar("SELECT MIN(id) FROM skv_audit_chains WHERE signing_key_id = :k", k=key_id)
+    )
     # The operator follows the runbook: new key current, rotate master, drop the old key.
     with SecureStore.open(database_url, master_key=StaticMasterKey(new, previous=[old])) as store:
         rotation = rotate_master(store)
@@ -293,8 +295,6 @@ def test_a_seed_unwrapped_with_a_leaked_master_key_signs_nothing_after_rotate_ma
     (wrapped_now,) = attacker.sql("SELECT wrapped FROM skv_audit_signing_keys WHERE id = :k", k=key_id)[0]
     with pytest.raises(AuthenticationError):
         StaticMasterKey(old).current_key().unwrap(bytes(wrapped_now), SEED_LABEL + bytes(public))
-
-
 
 
 # --- finding 12a: the admin chain's head hint ------------------------------------------
