@@ -16,13 +16,18 @@ created under the new master key, and each old key's seed is destroyed, its row 
 public half and, instead of the seed, a retirement mark wrapped under the current master
 key (associated data ``"secure_kv/v1/audit-signing-key-retired" | public key``), so the old
 public half still authenticates and still verifies the events it signed. The mark holds
-the digest of the heads of every chain the key signed when it was retired
-(:func:`~secure_kv.audit_events.retired_chains_digest`): an event signed with the old seed
-afterwards, by whoever unwrapped it with a leaked master key, makes the key untrusted.
+the digest of the heads of every chain the key signed
+(:func:`~secure_kv.audit_events.retired_chains_digest`) and a tag of the master key that
+wrapped the seed: an event signed with the old seed afterwards, by whoever unwrapped it
+with a leaked master key, makes the key untrusted. While that master key is still
+accepted (as a previous key, during the rotation), ``rotate master`` run again moves the
+heads on to take in events that running processes signed before they moved to the new
+key; once it is retired, the heads are fixed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -63,6 +68,11 @@ def _associated_data(public_key: bytes) -> bytes:
 
 def _retired_associated_data(public_key: bytes) -> bytes:
     return RETIRED_LABEL + bytes(public_key)
+
+
+def _kek_tag(kek_id: str) -> bytes:
+    """16 bytes naming the master key that wrapped a retired seed (48-byte marks wrap anywhere)."""
+    return hashlib.sha256(b"secure_kv/v1/audit-retired-kek|" + kek_id.encode("utf-8")).digest()[:16]
 
 
 def _retired_heads(connection: sa.Connection, key_id: int) -> bytes:
@@ -128,9 +138,10 @@ def verify_signature(public_key: bytes, signature: bytes, message: bytes) -> boo
 class _Retired(Exception):
     """The row holds a retirement mark, not a seed: its key verifies old events, signs nothing."""
 
-    def __init__(self, heads: bytes) -> None:
+    def __init__(self, mark: bytes) -> None:
         super().__init__("retired")
-        self.heads = heads  # retired_chains_digest when it was retired
+        self.heads = mark[:32]  # retired_chains_digest of its chains
+        self.kek_tag = mark[32:]  # _kek_tag of the master key its seed was under
 
 
 def _unwrap(master: MasterKey, key_id: int, public_key: bytes, wrapped: bytes) -> Ed25519PrivateKey:
@@ -140,11 +151,11 @@ def _unwrap(master: MasterKey, key_id: int, public_key: bytes, wrapped: bytes) -
         private = Ed25519PrivateKey.from_private_bytes(raw)
     except (AuthenticationError, ValueError):
         try:
-            heads = master.unwrap(bytes(wrapped), _retired_associated_data(public_key))
+            mark = master.unwrap(bytes(wrapped), _retired_associated_data(public_key))
         except (AuthenticationError, ValueError):
-            heads = None
-        if heads is not None:
-            raise _Retired(heads) from None
+            mark = None
+        if mark is not None and len(mark) == 48:
+            raise _Retired(mark) from None
         raise AuthenticationError(
             f"audit signing key {key_id} failed authentication under master key {master.kek_id}: "
             "it was altered, its public key replaced, or it was planted by someone without the "
@@ -314,6 +325,7 @@ def replace_signing_keys(
     """
     table = audit_signing_keys
     current = provider.current_key()
+    previous = {_kek_tag(key.kek_id) for key in provider.previous_keys()}
     created = retired = remaining = 0
     active_current = False
     for key_id, public_key, kek_id, wrapped in _key_rows(connection):
@@ -329,23 +341,32 @@ def replace_signing_keys(
             continue
         try:
             _unwrap(master, int(key_id), public_key, wrapped)
-            heads = None
+            mark = None
         except _Retired as was_retired:
-            heads = was_retired.heads
+            mark = was_retired.heads + was_retired.kek_tag
+            if was_retired.kek_tag in previous:
+                # Its seed's master key is still accepted: processes may have signed with it
+                # until they moved to the new key. Take their events in.
+                moved = _retired_heads(connection, int(key_id)) + was_retired.kek_tag
+                if kek_id == current.kek_id and moved == mark:
+                    continue
+                mark = moved
+            elif kek_id == current.kek_id:
+                continue
         except (AuthenticationError, UnsupportedVersionError) as error:
             log.error("%s; left as it is", error)
             remaining += 1
             continue
-        if kek_id == current.kek_id:
-            active_current = active_current or heads is None
+        if kek_id == current.kek_id and mark is None:
+            active_current = True
             continue
-        if heads is None:  # retire it: its chains end here
-            heads = _retired_heads(connection, int(key_id))
+        if mark is None:  # retire it: its chains end here
+            mark = _retired_heads(connection, int(key_id)) + _kek_tag(kek_id)
             retired += 1
         connection.execute(
             table.update()
             .where(table.c.id == key_id, table.c.kek_id == kek_id, table.c.wrapped == wrapped)
-            .values(kek_id=current.kek_id, wrapped=current.wrap(heads, _retired_associated_data(public_key)))
+            .values(kek_id=current.kek_id, wrapped=current.wrap(mark, _retired_associated_data(public_key)))
         )
     if not active_current:
         _insert_new_key(connection, current, now)
