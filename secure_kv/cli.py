@@ -330,7 +330,7 @@ def rotate() -> None:
 )
 @FORMAT_OPTION
 def rotate_master(generate: bool, retire_previous: bool, output_format: str) -> None:
-    """Rewrap every data key under the current master key.
+    """Rewrap every data key under the current master key; replace the audit signing key.
 
     Reads data keys with the previous master keys (SECURE_KV_PREVIOUS_MASTER_KEYS, the
     later lines of the key file, or the keyring's key history). Its cost grows with

@@ -128,7 +128,8 @@ class MasterRotation:
 def rotate_master(
     store: SecureStore, *, batch_size: int = DEFAULT_BATCH_KEYS, progress: Progress = NO_PROGRESS
 ) -> MasterRotation:
-    """Rewrap every data key under the provider's current master key.
+    """Rewrap every data key under the provider's current master key, and replace the
+    audit signing key (old seeds destroyed, old public halves kept to verify old events).
 
     Keys wrapped by a master key the provider does not hold, or that fail authentication,
     are reported in ``failed`` and left as they are; the rest are rewrapped. Idempotent.
