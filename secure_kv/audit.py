@@ -163,9 +163,17 @@ class AuditLog:
         if signer is None or self._stale(signer):
             with self._lock:
                 if self._signer is None or self._signer is signer:
-                    self._signer = load_signing_key(self._db, self._provider, now_micros())
+                    try:
+                        self._signer = load_signing_key(self._db, self._provider, now_micros())
+                    except Exception as error:
+                        if signer is None:
+                            raise
+                        # Moving to the new key can wait for the next look; events cannot.
+                        log.error("the new audit signing key cannot be loaded yet: %s", _first_line(error))
+                        self._signer = signer
                     self._signer_checked = time.monotonic()
                 signer = self._signer
+        assert signer is not None
         return signer
 
     def _stale(self, signer: SigningKey) -> bool:
