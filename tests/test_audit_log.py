@@ -236,6 +236,43 @@ def test_rotate_master_run_again_takes_in_events_a_process_signed_with_the_old_k
     assert report.ok, report.failures
 
 
+def test_a_running_store_moves_to_the_new_signing_key_after_rotate_master(
+    memory_keyring: object, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from secure_kv import audit, commands
+    from secure_kv.keys import KeyringMasterKey
+    from secure_kv.keys.base import _ReloadingProvider
+    from secure_kv.settings import load_settings
+
+    monkeypatch.setattr(_ReloadingProvider, "RELOAD_INTERVAL", 0.0)
+    monkeypatch.setattr(_ReloadingProvider, "CURRENT_MAX_AGE", 0.0)
+    monkeypatch.setattr(audit, "_SIGNER_RECHECK_SECONDS", 0.0)  # a minute, in production
+    settings = load_settings(database_url=database_url)
+    running = KeyringMasterKey(create=True)
+    with SecureStore.open(database_url, master_key=running) as app:
+        ws = app.workspace("w")
+        ws.set("t", b"sk-1", category=Category.TOKEN)
+        old_key = app._audit.signer().id
+        report = commands.rotate_master(settings, KeyringMasterKey(), generate=True)
+        assert report.signing_keys_retired == 1 and report.complete
+        assert ws.get("t") == b"sk-1"  # the application's next event: signed with the new key
+        assert app._audit.signer().id != old_key
+        commands.rotate_master(settings, KeyringMasterKey(), retire_previous=True)
+        ws.set("t", b"sk-2", category=Category.TOKEN)
+        report = verify(app._db, KeyringMasterKey())
+    assert report.ok, report.failures
+    engine = sa.create_engine(database_url)
+    with engine.connect() as c:
+        signing_keys = c.execute(
+            sa.text(
+                "SELECT DISTINCT c.signing_key_id FROM skv_audit_events e "
+                "JOIN skv_audit_chains c ON c.id = e.chain_id WHERE e.action = 'record.read'"
+            )
+        ).all()
+    engine.dispose()
+    assert signing_keys and (old_key,) not in [tuple(row) for row in signing_keys]  # reads: after it
+
+
 def test_events_never_hold_a_value(url_and_store: tuple[str, SecureStore]) -> None:
     url, store = url_and_store
     ws = store.workspace("w")
