@@ -23,7 +23,7 @@ from .errors import MasterKeyError
 from .keys import MasterKeyProvider, provider_from_settings
 from .migrate import ensure_schema
 from .report import REPORT_FIELDS, ReportSummary, iter_report_rows
-from .schema import records, workspaces
+from .schema import audit_events, data_keys, records, workspaces
 from .settings import Settings, load_settings
 from .store import SecureStore
 
@@ -152,11 +152,13 @@ def audit_verify(
     chain_only: bool = False,
     master_key: MasterKeyProvider | None = None,
     progress: Progress | None = None,
+    on_totals: Callable[[dict[str, int]], None] | None = None,
 ) -> VerifyReport:
     """Authenticate every record and data key and walk the audit chain.
 
     ``chain_only`` checks the chain alone, with the public keys and no secret (an auditor).
-    Otherwise the master key is required.
+    Otherwise the master key is required. ``on_totals`` receives how many records, data
+    keys and events the phases will check (for a progress bar), before they start.
     """
     settings = settings if settings is not None else load_settings()
     provider: MasterKeyProvider | None = None
@@ -164,6 +166,14 @@ def audit_verify(
         provider = master_key if master_key is not None else provider_from_settings(settings)
         _record_admin(settings, provider, "audit.verify", f"anchor {'given' if anchor else 'none'}")
     with _read_only(settings) as database:
+        if on_totals is not None:
+            on_totals(
+                {
+                    "events": _count(database, audit_events),
+                    "data keys": _count(database, data_keys),
+                    "records": _count(database, records),
+                }
+            )
         return verify(database, provider, anchor=anchor, progress=progress)
 
 

@@ -890,11 +890,14 @@ def audit_verify(anchor: str | None, chain_only: bool) -> None:
     commands = _commands()
     settings = current_settings()
     chosen = _last_anchor(anchor)
-    totals = commands.audit_totals(settings)
-    with phase_progress(totals) as progress:
+    with phase_progress() as progress:
         with _interruptible(lambda: "nothing was verified to the end; run the same command again"):
             report = commands.audit_verify(
-                settings=settings, anchor=chosen, chain_only=chain_only, progress=progress.tick
+                settings=settings,
+                anchor=chosen,
+                chain_only=chain_only,
+                progress=progress.tick,
+                on_totals=lambda totals: [progress.total(phase, n) for phase, n in totals.items()],
             )
     click.echo(
         f"checked {plural(report.records, 'record')}, {plural(report.data_keys, 'data key')}, "

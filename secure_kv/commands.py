@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-import sqlalchemy as sa
-
 from . import erasure, inventory, rotation
 from .audit_commands import audit_anchor, audit_log, audit_prune, audit_report, audit_verify
 from .categories import Category, parse_category
@@ -28,7 +26,6 @@ from .errors import AuthenticationError, ConfigurationError, InvalidInputError, 
 from .keys import KeyringMasterKey, MasterKeyProvider, StaticMasterKey, provider_from_settings
 from .keys.base import generate_master_key
 from .migrate import ensure_schema, head_revision, upgrade_schema
-from .schema import audit_events, data_keys, records
 from .progress import NO_PROGRESS, Progress
 from .settings import Settings, load_settings
 from .store import SecureStore
@@ -42,7 +39,6 @@ __all__ = [
     "audit_log",
     "audit_prune",
     "audit_report",
-    "audit_totals",
     "audit_verify",
     "delete_value",
     "demo",
@@ -425,23 +421,6 @@ def list_keys(
         raise
     start = b"" if after is None else after.encode("utf-8")
     return _closing(store, inventory.iter_keys(store._db, name, after=start, limit=limit))
-
-
-def audit_totals(settings: Settings | None = None) -> dict[str, int]:
-    """How many records, data keys and audit events there are: the totals of the phases
-    ``audit verify`` reports progress for (a progress bar shows them).
-    """
-    settings = settings if settings is not None else load_settings()
-    database = Database(settings.database_url, settings, create=False)
-    try:
-        ensure_schema(database, create=False)
-        with database.connect() as connection, connection.begin():
-            return {
-                label: int(connection.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
-                for label, table in (("records", records), ("data keys", data_keys), ("events", audit_events))
-            }
-    finally:
-        database.close()
 
 
 def _closing(store: SecureStore, items: Iterator[inventory.KeyInfo]) -> Iterator[inventory.KeyInfo]:
