@@ -79,7 +79,9 @@ def populate(url: str, key: str, records: int, workspaces: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--quick", action="store_true", help="2,000 records, 3 start-up runs")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
@@ -107,7 +109,9 @@ def main() -> None:
                 "per_second": records / seconds,
                 "lines": lines,
             }
-        seconds, peak = _run([*COMMAND, "--database-url", list_url, "list", "tenant-0", "--format", "json"], env, out)
+        seconds, peak = _run(
+            [*COMMAND, "--database-url", list_url, "list", "tenant-0", "--format", "json"], env, out
+        )
         result["list --format json"] = {
             "records": records,
             "seconds": seconds,

@@ -215,7 +215,13 @@ def format_event(event: dict[str, Any]) -> str:
         extra.append(event["category"])
     if event["dek_version"] is not None:
         extra.append(f"dek v{event['dek_version']}")
-    parts = [event["time"], shown(event["actor"]), event["action"], where, f"[{', '.join(extra)}]" if extra else ""]
+    parts = [
+        event["time"],
+        shown(event["actor"]),
+        event["action"],
+        where,
+        f"[{', '.join(extra)}]" if extra else "",
+    ]
     parts.append(event["outcome"])
     if event["detail"]:
         parts.append(f"({shown_message(event['detail'])})")

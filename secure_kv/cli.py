@@ -92,7 +92,7 @@ def _usage_message(error: click.ClickException) -> str:
 class _Group(click.Group):
     """The root group: every failure becomes one ``error:`` line, Ctrl-C exits 130."""
 
-    def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
         with _cli_logging():
             try:
@@ -263,8 +263,12 @@ def demo() -> None:
     rows = []
     for key, value in report.read_back.items():
         expected, category, _ = commands.DEMO_VALUES[key]
-        shown_value = f"{plural(len(value), 'byte')}, masked" if category.value == "token" else repr(value.decode())
-        rows.append((key, category.value, f"{shown_value} ({'matches' if value == expected else 'MISMATCH'})"))
+        shown_value = (
+            f"{plural(len(value), 'byte')}, masked" if category.value == "token" else repr(value.decode())
+        )
+        rows.append(
+            (key, category.value, f"{shown_value} ({'matches' if value == expected else 'MISMATCH'})")
+        )
     print_table(("key", "category", "read back"), rows, console)
     console.print(f"stored row starts with: {report.stored_row_prefix}... (opaque ciphertext)")
     console.print(
@@ -442,8 +446,10 @@ def rotate_master(generate: bool, retire_previous: bool, output_format: str) -> 
     settings = current_settings()
     with _progress("keys") as progress:
         with _interruptible(
-            lambda: f"{progress.done:,} of {plural(progress.total, 'data key')} rewrapped; "
-            "run the same command to resume"
+            lambda: (
+                f"{progress.done:,} of {plural(progress.total, 'data key')} rewrapped; "
+                "run the same command to resume"
+            )
         ):
             report = _commands().rotate_master(
                 settings, generate=generate, retire_previous=retire_previous, progress=progress
@@ -515,8 +521,10 @@ def rotate_workspace(
     settings = current_settings()
     with _progress("records") as progress:
         with _interruptible(
-            lambda: f"{progress.done:,} of {plural(progress.total, 'record')} re-encrypted; "
-            "run the same command to resume"
+            lambda: (
+                f"{progress.done:,} of {plural(progress.total, 'record')} re-encrypted; "
+                "run the same command to resume"
+            )
         ):
             report = _commands().rotate_workspaces(
                 settings,
@@ -548,7 +556,8 @@ def rotate_workspace(
                 f"{name}: data key v{rotation.to_version}"
                 f"{' (resumed)' if rotation.resumed else ''}, retired "
                 f"{', '.join(f'v{v}' for v in rotation.from_versions) or 'nothing'}; "
-                f"{plural(rotation.records, 'record')} re-encrypted in {rotation.seconds:.1f} s ({rate:,.0f}/s)",
+                f"{plural(rotation.records, 'record')} re-encrypted in {rotation.seconds:.1f} s "
+                f"({rate:,.0f}/s)",
                 err=True,
             )
     if report.failed:
@@ -582,8 +591,10 @@ def purge(batch_size: int, output_format: str) -> None:
     settings = current_settings()
     with _progress("entries") as progress:
         with _interruptible(
-            lambda: f"{progress.done:,} of {plural(progress.total, 'expired entry', 'expired entries')} "
-            "deleted; run the same command to delete the rest"
+            lambda: (
+                f"{progress.done:,} of {plural(progress.total, 'expired entry', 'expired entries')} "
+                "deleted; run the same command to delete the rest"
+            )
         ):
             report = _commands().purge(settings, batch_size=batch_size, progress=progress)
     if output_format == "json":
@@ -628,8 +639,10 @@ def shred(workspace: str, yes: bool, batch_size: int, output_format: str) -> Non
     settings = current_settings()
     with _progress("records") as progress:
         with _interruptible(
-            lambda: f"{progress.done:,} of {plural(progress.total, 'record')} deleted (the data keys "
-            f"are destroyed already); run `secure-kv shred {_shell(workspace)} --yes` to finish"
+            lambda: (
+                f"{progress.done:,} of {plural(progress.total, 'record')} deleted (the data keys "
+                f"are destroyed already); run `secure-kv shred {_shell(workspace)} --yes` to finish"
+            )
         ):
             report = _commands().shred(workspace, settings, batch_size=batch_size, progress=progress)
     if output_format == "json":
@@ -787,13 +800,18 @@ def list_command(workspace: str, limit: int | None, after: str | None, output_fo
             last = entry.key
         out.write("\n]\n" if count else "]\n")
     else:
-        out.write("  ".join(name.ljust(width) for name, width in zip(LIST_COLUMNS, _LIST_WIDTHS)) + "  key\n")
+        out.write(
+            "  ".join(name.ljust(width) for name, width in zip(LIST_COLUMNS, _LIST_WIDTHS, strict=True))
+            + "  key\n"
+        )
         for entry in entries:
             expires = iso_time(entry.expires_at) or "never"
             if entry.expired(now):
                 expires += " (expired)"
             cells = (entry.category, iso_time(entry.created_at), iso_time(entry.updated_at), expires)
-            fixed = "  ".join((cell or "").ljust(width) for cell, width in zip(cells, _LIST_WIDTHS))
+            fixed = "  ".join(
+                (cell or "").ljust(width) for cell, width in zip(cells, _LIST_WIDTHS[:4], strict=True)
+            )
             out.write(f"{fixed}  {f'v{entry.dek_version}'.ljust(7)}  {shown(entry.key)}\n")
             count += 1
             last = entry.key
@@ -836,9 +854,11 @@ def audit_report(fmt: str, workspace: str | None) -> None:
     out = sys.stdout
     with phase_progress() as progress:
         with _interruptible(
-            lambda: f"{progress.done.get('records', 0):,} of "
-            f"{plural(progress._totals.get('records', 0), 'record')} written; the output is incomplete: "
-            "run the same command again"
+            lambda: (
+                f"{progress.done.get('records', 0):,} of "
+                f"{plural(progress.total_of('records'), 'record')} written; the output is incomplete: "
+                "run the same command again"
+            )
         ):
             summary = _commands().audit_report(
                 out,
@@ -859,7 +879,9 @@ def _last_anchor(anchor: str | None) -> str | None:
         return None
     lines = [line.strip() for line in anchor.splitlines() if line.strip()]
     if len(lines) > 1:
-        click.echo(f"note: --anchor holds {len(lines)} lines; checking the last (the newest anchor)", err=True)
+        click.echo(
+            f"note: --anchor holds {len(lines)} lines; checking the last (the newest anchor)", err=True
+        )
     return lines[-1] if lines else anchor
 
 
@@ -897,7 +919,7 @@ def audit_verify(anchor: str | None, chain_only: bool) -> None:
                 anchor=chosen,
                 chain_only=chain_only,
                 progress=progress.tick,
-                on_totals=lambda totals: [progress.total(phase, n) for phase, n in totals.items()],
+                on_totals=progress.totals,
             )
     click.echo(
         f"checked {plural(report.records, 'record')}, {plural(report.data_keys, 'data key')}, "

@@ -9,7 +9,7 @@ user sent it (a file, a pipe), byte for byte.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -38,7 +38,9 @@ def stderr_console() -> Console:
     return Console(stderr=True, markup=False, highlight=False, emoji=False)
 
 
-def print_table(headers: tuple[str, ...], rows: list[tuple[str, ...]], console: Console | None = None) -> None:
+def print_table(
+    headers: tuple[str, ...], rows: Sequence[Sequence[str]], console: Console | None = None
+) -> None:
     """A table whose every cell is plain text (names already passed through ``shown``)."""
     table = Table(*headers)
     for row in rows:
@@ -147,6 +149,13 @@ class PhaseProgress:
         self._totals[phase] = total
         if phase in self._tasks:
             self._bar.update(self._tasks[phase], total=total)
+
+    def totals(self, totals: dict[str, int]) -> None:
+        for phase, total in totals.items():
+            self.total(phase, total)
+
+    def total_of(self, phase: str) -> int:
+        return self._totals.get(phase, 0)
 
 
 @contextmanager

@@ -278,7 +278,7 @@ def _record_interrupted(store: SecureStore, names: list[str] | None) -> None:
         for name in inventory.workspaces_mid_rotation(store._db):
             if wanted is None or name.encode("utf-8") in wanted:
                 store._record_event(ROTATION_EVENT, workspace=name, outcome="interrupted")
-    except Exception:  # noqa: BLE001 - never hide the interrupt behind a follow-up failure
+    except Exception:  # never hide the interrupt behind a follow-up failure
         return
 
 

@@ -23,7 +23,9 @@ def shown(text: str) -> str:
     """
     if text.isprintable() and "\\" not in text:
         return text
-    return "".join("\\\\" if char == "\\" else char if char.isprintable() else _escaped(char) for char in text)
+    return "".join(
+        "\\\\" if char == "\\" else char if char.isprintable() else _escaped(char) for char in text
+    )
 
 
 def shown_message(text: str) -> str:

@@ -253,7 +253,9 @@ def store_status(
     )
 
 
-def _rotation_outcomes(database: Database, action: str, unfinished: list[tuple[bytes, int]]) -> dict[str, str]:
+def _rotation_outcomes(
+    database: Database, action: str, unfinished: list[tuple[bytes, int]]
+) -> dict[str, str]:
     """For each (workspace, its oldest live data key's time): the newest ``action`` event's
     outcome about that workspace or about every workspace (``--all``) since then: the
     rotation that is retiring that key started after it was made.

@@ -67,7 +67,9 @@ def _quick_head() -> str | None:
     for path in (resources.files("secure_kv") / "migrations" / "versions").iterdir():
         if not path.name.endswith(".py") or path.name.startswith("_"):
             continue
-        found = dict((name, value) for name, value in _REVISION_LINE.findall(path.read_text(encoding="utf-8")))
+        found = dict(
+            (name, value) for name, value in _REVISION_LINE.findall(path.read_text(encoding="utf-8"))
+        )
         if not found.get("revision"):
             return None
         revisions.add(found["revision"])
@@ -81,7 +83,8 @@ def _quick_current(connection: sa.Connection) -> str | None:
     """The database's revision by plain SQL (``None``: no version table, or no row)."""
     if not sa.inspect(connection).has_table(VERSION_TABLE):
         return None
-    rows = connection.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
+    table = sa.table(VERSION_TABLE, sa.column("version_num"))
+    rows = connection.execute(sa.select(table.c.version_num)).scalars().all()
     return str(rows[0]) if len(rows) == 1 else None
 
 

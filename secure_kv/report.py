@@ -186,7 +186,9 @@ def iter_report_rows(
     _count_due_keys(database, summary, workspace, now - int(max_age_days * 86_400_000_000))
 
 
-def _add(summary: ReportSummary, seen: int, categories: Counter[str], expired: int, old: int, shredded: int) -> None:
+def _add(
+    summary: ReportSummary, seen: int, categories: Counter[str], expired: int, old: int, shredded: int
+) -> None:
     """Fold a batch's counts into the summary (every 1,000 rows: the summary stays current
     for a caller that stops early, without the per-row attribute writes).
     """

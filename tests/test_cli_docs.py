@@ -40,7 +40,9 @@ def shell_blocks() -> list[tuple[str, str]]:
     found = []
     for path in DOCS:
         text = path.read_text(encoding="utf-8")
-        for number, block in enumerate(re.findall(r"^ *```(?:sh|bash)\n(.*?)^ *```", text, flags=re.S | re.M)):
+        for number, block in enumerate(
+            re.findall(r"^ *```(?:sh|bash)\n(.*?)^ *```", text, flags=re.S | re.M)
+        ):
             if re.search(r"^\s*[^#\n]*\bsecure-kv ", block, flags=re.M) and "pip install" not in block:
                 found.append((f"{path.name}#{number}", block))
     return found
@@ -58,7 +60,9 @@ def test_the_docs_have_command_examples() -> None:
 @pytest.mark.parametrize(("name", "block"), BLOCKS, ids=[name for name, _ in BLOCKS])
 def test_a_docs_example_runs(name: str, block: str, tmp_path: Path) -> None:
     if any(flag in block for flag in KEYRING_ONLY):
-        pytest.skip("OS keyring commands: tests/test_cli.py::test_rotate_master_generate_and_retire_with_the_keyring")
+        pytest.skip(
+            "OS keyring commands: tests/test_cli.py::test_rotate_master_generate_and_retire_with_the_keyring"
+        )
     if "jq" in block and shutil.which("jq") is None:
         pytest.skip("jq is not installed (it is in .ci/run's Debian packages)")
     key = generate_master_key()

@@ -41,7 +41,10 @@ def test_ctrl_c_during_a_rotation_says_how_far_it_got_and_a_rerun_finishes(
         interrupt_when=lambda seen: STARTED.search(seen) is not None,
     )
     assert run.code == 130, run.terminal_text
-    said = re.search(r"interrupted: ([\d,]+) of 30,000 records re-encrypted; run the same command to resume", run.terminal_text)
+    said = re.search(
+        r"interrupted: ([\d,]+) of 30,000 records re-encrypted; run the same command to resume",
+        run.terminal_text,
+    )
     assert said is not None, run.terminal_text
     assert 0 < int(said.group(1).replace(",", "")) < RECORDS
     assert "Traceback" not in run.terminal_text and "Aborted" not in run.terminal_text
@@ -49,7 +52,10 @@ def test_ctrl_c_during_a_rotation_says_how_far_it_got_and_a_rerun_finishes(
     runner = CliRunner(env=env)
     status = runner.invoke(main, ["status"])
     assert "rotation interrupted: run `secure-kv rotate workspace big` to resume" in status.stdout
-    assert runner.invoke(main, ["status", "--format", "json"]).stdout.count('"rotation_state": "interrupted"') == 1
+    assert (
+        runner.invoke(main, ["status", "--format", "json"]).stdout.count('"rotation_state": "interrupted"')
+        == 1
+    )
 
     rerun = runner.invoke(main, ["rotate", "workspace", "big"])
     assert rerun.exit_code == 0, rerun.output

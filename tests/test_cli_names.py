@@ -23,12 +23,31 @@ from secure_kv.cli import main
 from secure_kv.display import shown
 from secure_kv.keys.base import generate_master_key
 
-TRICKY = ["[", "]", "[/]", "[bold]", "[red]x[/red]", "\n", "\r", "\t", "\x1b[31m", "\u200f", "\u202e", "\\", "\u2028"]
-names = st.lists(
-    st.sampled_from(TRICKY) | st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=8),
-    min_size=1,
-    max_size=8,
-).map("".join).filter(lambda name: 0 < len(name.encode("utf-8")) <= 200)
+TRICKY = [
+    "[",
+    "]",
+    "[/]",
+    "[bold]",
+    "[red]x[/red]",
+    "\n",
+    "\r",
+    "\t",
+    "\x1b[31m",
+    "\u200f",
+    "\u202e",
+    "\\",
+    "\u2028",
+]
+names = (
+    st.lists(
+        st.sampled_from(TRICKY)
+        | st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=8),
+        min_size=1,
+        max_size=8,
+    )
+    .map("".join)
+    .filter(lambda name: 0 < len(name.encode("utf-8")) <= 200)
+)
 
 
 @pytest.fixture

@@ -53,7 +53,9 @@ def at_terminal(env: dict[str, str], tmp_path: Path, *args: str, stdin: bytes | 
     return run
 
 
-def test_audit_report_csv_redirected_at_a_terminal_is_complete(any_store_env: dict[str, str], tmp_path: Path) -> None:
+def test_audit_report_csv_redirected_at_a_terminal_is_complete(
+    any_store_env: dict[str, str], tmp_path: Path
+) -> None:
     run = at_terminal(any_store_env, tmp_path, "audit", "report", "--format", "csv")
     rows = list(csv.DictReader(io.StringIO(run.stdout.decode("utf-8"))))
     assert len(rows) == RECORDS
@@ -61,13 +63,17 @@ def test_audit_report_csv_redirected_at_a_terminal_is_complete(any_store_env: di
     assert "records: 2500" in run.terminal_text  # the summary went to the terminal
 
 
-def test_audit_report_json_redirected_at_a_terminal_is_complete(store_env: dict[str, str], tmp_path: Path) -> None:
+def test_audit_report_json_redirected_at_a_terminal_is_complete(
+    store_env: dict[str, str], tmp_path: Path
+) -> None:
     run = at_terminal(store_env, tmp_path, "audit", "report", "--format", "json")
     assert len(json.loads(run.stdout)) == RECORDS
 
 
 @pytest.mark.parametrize("fmt", ["text", "json"])
-def test_list_redirected_at_a_terminal_is_complete(store_env: dict[str, str], tmp_path: Path, fmt: str) -> None:
+def test_list_redirected_at_a_terminal_is_complete(
+    store_env: dict[str, str], tmp_path: Path, fmt: str
+) -> None:
     run = at_terminal(store_env, tmp_path, "list", "tenant-a", "--format", fmt)
     if fmt == "json":
         keys = [entry["key"] for entry in json.loads(run.stdout)]
@@ -116,7 +122,9 @@ def test_every_data_command_redirected_at_a_terminal_writes_its_data(
         assert json.loads(text)["records"] == RECORDS - 2
 
 
-def test_get_redirected_at_a_terminal_writes_the_bytes_only(store_env: dict[str, str], tmp_path: Path) -> None:
+def test_get_redirected_at_a_terminal_writes_the_bytes_only(
+    store_env: dict[str, str], tmp_path: Path
+) -> None:
     run = at_terminal(store_env, tmp_path, "get", "tenant-b", "openai", "--reveal")
     assert run.stdout == b"sk-output-test-0123456789abcdef"
 
