@@ -213,15 +213,18 @@ def init() -> None:
     """
     report = _commands().init(current_settings())
     if report.created_master_key:
-        click.echo(f"created a new master key in the OS keyring (kek_id {report.kek_id}); back it up")
+        click.echo(
+            f"created a new master key in the OS keyring (kek_id {report.kek_id}); back it up", err=True
+        )
     if report.revision_before is None:
-        click.echo(f"created the schema at revision {report.revision_now} in {report.database}")
+        click.echo(f"created the schema at revision {report.revision_now} in {report.database}", err=True)
     elif report.changed_schema:
         click.echo(
-            f"upgraded the schema from {report.revision_before} to {report.revision_now} in {report.database}"
+            f"upgraded the schema from {report.revision_before} to {report.revision_now} in {report.database}",
+            err=True,
         )
     else:
-        click.echo(f"schema already current (revision {report.revision_now}) in {report.database}")
+        click.echo(f"schema already current (revision {report.revision_now}) in {report.database}", err=True)
     click.echo(f"master key kek_id: {report.kek_id}")
 
 

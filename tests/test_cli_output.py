@@ -122,6 +122,16 @@ def test_every_data_command_redirected_at_a_terminal_writes_its_data(
         assert json.loads(text)["records"] == RECORDS - 2
 
 
+def test_audit_verify_at_a_terminal_labels_each_phase_with_its_total(
+    store_env: dict[str, str], tmp_path: Path
+) -> None:
+    run = at_terminal(store_env, tmp_path, "audit", "verify")
+    bars = run.terminal_text
+    assert "records" in bars and "data keys" in bars and "events" in bars
+    assert "2,500/2,500" in bars  # the records phase, with its total
+    assert "/?" not in bars and "verify " not in bars
+
+
 def test_get_redirected_at_a_terminal_writes_the_bytes_only(
     store_env: dict[str, str], tmp_path: Path
 ) -> None:
