@@ -220,7 +220,8 @@ def init() -> None:
         click.echo(f"created the schema at revision {report.revision_now} in {report.database}", err=True)
     elif report.changed_schema:
         click.echo(
-            f"upgraded the schema from {report.revision_before} to {report.revision_now} in {report.database}",
+            f"upgraded the schema from {report.revision_before} to {report.revision_now} "
+            f"in {report.database}",
             err=True,
         )
     else:
