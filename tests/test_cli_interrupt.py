@@ -24,7 +24,7 @@ RECORDS = 30_000
 STARTED = re.compile(rb"[1-9][\d,]*/30,000 records")
 
 
-def test_ctrl_c_during_a_rotation_says_how_far_it_got_and_a_rerun_finishes(
+def test_ctrl_c_during_a_report_or_a_rotation_says_how_far_it_got_and_a_rerun_finishes(
     sqlite_url: str, tmp_path: Path
 ) -> None:
     key = generate_master_key()
@@ -33,6 +33,17 @@ def test_ctrl_c_during_a_rotation_says_how_far_it_got_and_a_rerun_finishes(
     with SecureStore.open(sqlite_url, master_key=provider) as store:
         store.workspace("big").set_many(values)
     env = cli_env(sqlite_url, key)
+
+    report = run_at_terminal(
+        ["audit", "report", "--format", "csv"],
+        env,
+        tmp_path,
+        interrupt_when=lambda seen: re.search(rb"[1-9][\d,]*/30,000", seen) is not None,
+    )
+    assert report.code == 130, report.terminal_text
+    assert re.search(
+        r"interrupted: [\d,]+ of 30,000 records written; the output is incomplete", report.terminal_text
+    ), report.terminal_text
 
     run = run_at_terminal(
         ["rotate", "workspace", "big", "--batch-size", "50"],
