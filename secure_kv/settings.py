@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import platformdirs
-from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ConfigurationError
@@ -120,6 +120,15 @@ class Settings(BaseSettings):
         if not _PROVIDER_NAME.fullmatch(name):
             raise ValueError("must be a provider name such as keyring, env, file, pkcs11 or aws-kms")
         return name
+
+    @model_validator(mode="after")
+    def _env_key_means_env_provider(self) -> Settings:
+        """``SECURE_KV_MASTER_KEY`` set and no provider named: the env provider (the key
+        given is the key meant). A provider named explicitly always wins.
+        """
+        if "key_provider" not in self.model_fields_set and self.master_key is not None:
+            self.key_provider = KeyProviderName.ENV.value
+        return self
 
     @field_validator("database_url")
     @classmethod
