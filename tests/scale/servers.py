@@ -103,6 +103,7 @@ server_reset_query =
 server_check_delay = 0
 logfile = {self.directory / "pgbouncer.log"}
 pidfile = {self.directory / "pgbouncer.pid"}
+{"user = " + SERVICE_USER if os.geteuid() == 0 else ""}
 """
         )
         for name in ("userlist.txt", "pgbouncer.ini"):
@@ -113,7 +114,8 @@ pidfile = {self.directory / "pgbouncer.pid"}
 
     def start(self) -> None:
         self._process = subprocess.Popen(
-            _as_service_user([PGBOUNCER, str(self.directory / "pgbouncer.ini")]),
+            # As root, PgBouncer itself switches to ``user`` (runuser would not pass on signals).
+            [PGBOUNCER, str(self.directory / "pgbouncer.ini")],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -175,7 +177,8 @@ class PgCluster:
         )  # fmt: skip
         with (cluster.data / "postgresql.conf").open("a") as conf:
             conf.write(
-                f"port = {cluster.port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{directory}'\n"
+                f"port = {cluster.port}\nlisten_addresses = '127.0.0.1'\n"
+                f"unix_socket_directories = '{directory}'\n"
                 "wal_level = replica\nmax_wal_senders = 4\nfsync = off\nshared_buffers = 16MB\n"
                 "max_connections = 60\n"
             )
@@ -192,10 +195,15 @@ class PgCluster:
             str(PG_BIN / "pg_basebackup"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
             "-D", str(standby.data), "-R", "-X", "stream", "--no-sync", "-c", "fast",
         )  # fmt: skip
-        with (standby.data / "postgresql.conf").open("a") as conf:
+        # After what pg_basebackup -R wrote to postgresql.auto.conf, which overrides postgresql.conf.
+        with (standby.data / "postgresql.auto.conf").open("a") as conf:
             conf.write(
                 f"port = {standby.port}\nunix_socket_directories = '{directory}'\n"
-                f"primary_conninfo = 'host=127.0.0.1 port={self.port} user=postgres application_name={name}'\n"
+                f"primary_conninfo = 'host=127.0.0.1 port={self.port} user=postgres "
+                f"application_name={name}'\n"
+                # Promoted, it has no standby of its own to wait for (a failover tool such
+                # as Patroni rewrites this; without it every commit would hang).
+                "synchronous_standby_names = ''\n"
             )
         return standby
 
