@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: demo test lint typecheck fuzz bench clean
+.PHONY: demo test lint typecheck fuzz soak bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,13 @@ test: lint
 
 fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -m "not slow" tests/test_properties.py
+
+# Worker processes on SQLite, PostgreSQL (direct and through a PgBouncer it starts) and
+# MariaDB while workers are SIGKILLed, connections terminated and PgBouncer restarted;
+# prints ops/s, p50/p99 latency, faults survived, and fails on any broken invariant
+# (tests/scale/soak.py). SOAK_ARGS="--seconds 600 --workers 16" for a longer run.
+soak: $(STAMP)
+	$(BIN)/python -m tests.scale.soak $(SOAK_ARGS)
 
 $(BENCH_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'

@@ -25,7 +25,7 @@ from secure_kv.keys.base import generate_master_key
 
 from .servers import PgBouncer
 
-SPAWN = multiprocessing.get_context("spawn")
+FORK = multiprocessing.get_context("fork")  # the children open their own stores
 THREADS = 4
 ROUNDS = 25  # well past psycopg's auto-prepare threshold (5 runs of one statement)
 PROCESS_ROUNDS = 8
@@ -110,7 +110,7 @@ def _process_workload(url: str, raw_key: bytes, worker: int) -> None:
 def test_processes_racing_to_create_the_schema_and_write_through_pgbouncer(pgbouncer_url: str) -> None:
     raw_key = os.urandom(32)
     processes = [
-        SPAWN.Process(target=_process_workload, args=(pgbouncer_url, raw_key, w)) for w in range(PROCESSES)
+        FORK.Process(target=_process_workload, args=(pgbouncer_url, raw_key, w)) for w in range(PROCESSES)
     ]
     for process in processes:
         process.start()
