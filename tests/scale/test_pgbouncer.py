@@ -159,3 +159,10 @@ def test_statement_pooling_after_init_still_refuses_instead_of_answering(
     database = pgbouncer_url.rsplit("/", 1)[1]
     with pytest.raises(StorageError, match="pool_mode=transaction"):
         SecureStore.open(statement_pooling.url(database), master_key=StaticMasterKey(raw_key))
+
+
+def test_a_schema_option_pgbouncer_refuses_is_named_with_the_fix(pgbouncer_url: str) -> None:
+    with pytest.raises(StorageError, match="ignore_startup_parameters"):
+        SecureStore.open(
+            f"{pgbouncer_url}?options=-csearch_path%3Dkv", master_key=StaticMasterKey(os.urandom(32))
+        )
