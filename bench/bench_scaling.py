@@ -69,8 +69,7 @@ def _worker(url: str, raw_key: bytes, worker: int, start_at: float, seconds: flo
         out.put((ops, held))
 
 
-def measure(url: str, processes: int, seconds: float) -> dict[str, float]:
-    raw_key = os.urandom(32)
+def measure(url: str, raw_key: bytes, processes: int, seconds: float) -> dict[str, float]:
     with SecureStore.open(url, master_key=StaticMasterKey(raw_key)):
         pass
     queue = FORK.Queue()
@@ -99,7 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pool-size", type=int, default=4, help="PgBouncer's server connections")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "scaling.json")
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "scaling.png")
+    parser.add_argument("--plot-only", action="store_true", help="redraw the plot from --json")
     args = parser.parse_args(argv)
+    if args.plot_only:
+        plot(json.loads(args.json.read_text())["results"], args.plot)
+        return 0
     pg = sa.make_url(args.postgres)
     admin = sa.create_engine(pg, isolation_level="AUTOCOMMIT")
     names = [f"skv_scale_{uuid.uuid4().hex[:8]}" for _ in range(2)]
@@ -109,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     bouncer = PgBouncer(pg.host or "127.0.0.1", pg.port or 5432, pool_size=args.pool_size)
     bouncer.start()
     results: dict[str, list[dict[str, float]]] = {}
+    raw_key = os.urandom(32)  # one per database: each point reopens the same PostgreSQL stores
     try:
         with tempfile.TemporaryDirectory(prefix="skv-scale-") as temp:
             backends = {
@@ -119,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             for backend, url_for in backends.items():
                 results[backend] = []
                 for processes in PROCESSES:
-                    point = measure(url_for(processes), processes, args.seconds)
+                    point = measure(url_for(processes), raw_key, processes, args.seconds)
                     results[backend].append(point)
                     print(
                         f"{backend}: {processes} process(es): {point['ops_per_second']:,.0f} ops/s, "
@@ -158,9 +162,10 @@ def plot(results: dict[str, list[dict[str, float]]], path: Path) -> None:
             [p["processes"] for p in points], [p["ops_per_second"] for p in points], marker="o", label=backend
         )
     axis.set_xscale("log", base=2)
+    axis.set_yscale("log")  # SQLite's in-process writes and a server's round trips differ tenfold
     axis.set_xticks(list(PROCESSES), [str(p) for p in PROCESSES])
     axis.set_xlabel("worker processes")
-    axis.set_ylabel("operations per second (all processes)")
+    axis.set_ylabel("operations per second, all processes (log)")
     axis.set_title(f"secure_kv throughput as processes grow ({os.cpu_count()} CPUs)")
     axis.grid(True, alpha=0.3)
     axis.legend()
