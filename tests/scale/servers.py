@@ -20,7 +20,18 @@ import time
 from pathlib import Path
 
 PGBOUNCER = os.environ.get("SECURE_KV_TEST_PGBOUNCER", "/usr/sbin/pgbouncer")
-PG_BIN = Path(os.environ.get("SECURE_KV_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+def _newest_pg_bin() -> Path:
+    """Debian's newest installed PostgreSQL server binaries (the failover test's clusters)."""
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+        key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0,
+    )
+    return found[-1].parent if found else Path("/usr/lib/postgresql/15/bin")
+
+
+PG_BIN = Path(os.environ.get("SECURE_KV_TEST_PG_BIN") or _newest_pg_bin())
 SERVICE_USER = "postgres"
 
 
@@ -151,7 +162,7 @@ pidfile = {self.directory / "pgbouncer.pid"}
 
 
 class PgCluster:
-    """A PostgreSQL 15 cluster of the test's own: its own directory, port and processes."""
+    """A PostgreSQL cluster of the test's own: its own directory, port and processes."""
 
     def __init__(self, directory: Path, port: int) -> None:
         self.directory = directory
