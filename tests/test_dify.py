@@ -926,7 +926,8 @@ def _docs_example(tool_name: str) -> dict[str, Any]:
 
 
 def _invoke(tool_class: type, session: Any, **parameters: Any) -> str:
-    runtime = ToolRuntime(credentials={}, user_id="user-1", session_id=session.session_id)
+    credentials = {"secure_kv_tenant_secret": TENANT_SECRET}
+    runtime = ToolRuntime(credentials=credentials, user_id="user-1", session_id=session.session_id)
     (message,) = tool_class(runtime=runtime, session=session).invoke(parameters)
     return str(message.message.text)
 
