@@ -492,7 +492,7 @@ def test_a_blob_from_another_namespace_fails_authentication(
         tenant_secret=TENANT_SECRET,
         namespace="tenant-2:plugin",
     )
-    with pytest.raises(AuthenticationError, match="another tenant .* or namespace"):
+    with pytest.raises(AuthenticationError, match=r"another tenant .* or namespace"):
         other.get("k")
 
 
@@ -898,7 +898,7 @@ def test_format_1_entries_are_refused_saying_they_bound_no_tenant(
     monkeypatch.setattr(dify, "now_micros", lambda: 1_700_000_000_000_000)
     plain, storage = _vector_storage(VECTORS_V1, "__secure_kv__/dek")
     assert storage.exist(v["key"])
-    with pytest.raises(AuthenticationError, match="format 1 .*bound no tenant.*write the value again"):
+    with pytest.raises(AuthenticationError, match=r"format 1 .*bound no tenant.*write the value again"):
         storage.get(v["key"])
     storage.set(v["key"], b"new")  # writing it again works, under a new format-2 data key
     assert storage.get(v["key"]) == b"new"
@@ -906,7 +906,7 @@ def test_format_1_entries_are_refused_saying_they_bound_no_tenant(
 
 
 def test_a_format_1_data_key_planted_under_a_format_2_name_is_refused() -> None:
-    plain, storage = _vector_storage(VECTORS_V1, CURRENT_DATA_KEY)
+    _, storage = _vector_storage(VECTORS_V1, CURRENT_DATA_KEY)
     with pytest.raises(AuthenticationError, match="format 1, which bound no tenant"):
         storage.set("k", b"v")
 

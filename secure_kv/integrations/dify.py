@@ -104,11 +104,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar
 
-from ..categories import CATEGORIES_BY_CODE, CATEGORY_CODES, Category, parse_category
-from ..datakeys import now_micros
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from ..categories import CATEGORIES_BY_CODE, CATEGORY_CODES, Category, parse_category
+from ..datakeys import now_micros
 from ..envelope import (
     NO_EXPIRY,
     SEAL_OVERHEAD,
