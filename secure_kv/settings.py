@@ -11,7 +11,7 @@ import getpass
 import socket
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import platformdirs
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -93,6 +93,11 @@ class Settings(BaseSettings):
     dek_cache_seconds: float = Field(default=60, gt=0, allow_inf_nan=False)
     # How many unwrapped data keys one process keeps in memory at most.
     dek_cache_size: int = Field(default=1024, gt=0)
+
+    def __reduce__(self) -> NoReturn:
+        # SecretStr pickles with its value: a pickled Settings would carry the master key
+        # (and a database password) into a cache, a queue or another process.
+        raise TypeError("Settings hold secrets (the master key, database URL) and cannot be pickled")
 
     @field_validator("database_url")
     @classmethod
