@@ -35,7 +35,7 @@ from .datakeys import now_micros
 from .errors import InvalidInputError, SecureKVError
 from .inventory import iso_time
 from .progress import Progress
-from .settings import Settings, load_settings
+from .settings import Settings, load_settings, refuse_password_in_argument
 
 __all__ = ["main"]
 
@@ -58,8 +58,8 @@ class _Group(click.Group):
 @click.option(
     "--database-url",
     metavar="URL",
-    help="SQLAlchemy URL of the store (default: SECURE_KV_DATABASE_URL, else a SQLite file "
-    "in the user data directory).",
+    help="SQLAlchemy URL of the store, without a password (default: SECURE_KV_DATABASE_URL, "
+    "else a SQLite file in the user data directory).",
 )
 @click.pass_context
 def main(ctx: click.Context, database_url: str | None) -> None:
@@ -71,6 +71,8 @@ def main(ctx: click.Context, database_url: str | None) -> None:
 
         secure-kv --database-url postgresql+psycopg://app@db/kv init
     """
+    if database_url is not None:
+        refuse_password_in_argument(database_url)
     ctx.obj = {"database_url": database_url}
 
 

@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 import platformdirs
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 from .errors import ConfigurationError
 
@@ -113,6 +114,21 @@ def _describe(error: ValidationError) -> str:
         name = ENV_PREFIX + "_".join(str(p) for p in item["loc"]).upper()
         parts.append(f"{name}: {item['msg']}")
     return "; ".join(parts)
+
+
+def refuse_password_in_argument(url: str) -> None:
+    """Refuse a ``--database-url`` holding a password: the process list and shell history
+    would show it to every local user. The URL is not echoed."""
+    try:
+        parsed = make_url(url)
+    except Exception:  # not a URL: the store says so when it opens it
+        return
+    if parsed.password is not None or any(name.lower() in ("password", "passwd") for name in parsed.query):
+        raise ConfigurationError(
+            "--database-url holds a password, which `ps` and shell history show to others: "
+            "set SECURE_KV_DATABASE_URL instead, or leave the password out of the URL and use "
+            "the driver's password file (PostgreSQL ~/.pgpass, MySQL ~/.my.cnf)"
+        )
 
 
 def load_settings(**overrides: Any) -> Settings:
