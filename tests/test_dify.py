@@ -955,3 +955,21 @@ def test_the_docs_workspace_example_runs(
     finally:
         example["secure_store"]().close()
     assert daemon.requests == []  # nothing went to Dify's storage
+
+
+# --- The tenant secret ------------------------------------------------------------------
+
+
+def test_the_tenant_secret_may_be_bytes_or_text_with_surrounding_whitespace(
+    master_key: StaticMasterKey,
+) -> None:
+    plain = DocumentedStorage()
+    EncryptedStorage(plain, master_key=master_key, tenant_secret=f"  {TENANT_SECRET}\n").set("k", b"v")
+    same = EncryptedStorage(plain, master_key=master_key, tenant_secret=TENANT_SECRET.encode())
+    assert same.get("k") == b"v"
+
+
+def test_a_tenant_secret_of_the_wrong_type_is_refused_without_echoing_it(master_key: StaticMasterKey) -> None:
+    with pytest.raises(InvalidTypeError, match="tenant_secret must be str or bytes") as raised:
+        EncryptedStorage(DocumentedStorage(), master_key=master_key, tenant_secret=12345678901234567890)  # type: ignore[arg-type]
+    assert "12345678901234567890" not in str(raised.value)
