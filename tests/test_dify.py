@@ -582,12 +582,14 @@ def test_a_deleted_data_key_is_reported_not_read_as_missing(
 def test_processes_racing_to_create_the_data_key_lose_no_value(
     daemon: InMemoryDifyDaemon, master_key: StaticMasterKey
 ) -> None:
-    # Both processes read the pointer before either writes one: both create a data key.
+    # Both processes find no pointer before either writes one: both create a data key. The
+    # SDK's get raises for a missing key and EncryptedStorage asks exist() to tell why, so the
+    # two processes are held at that exist(), the last look before they write.
     barrier = threading.Barrier(2, timeout=60)
     reads = []
 
     def hold_first_two_pointer_reads(request: StorageRequest) -> None:
-        if request.opt == "get" and request.key == CURRENT_DATA_KEY and len(reads) < 2:
+        if request.opt == "exist" and request.key == CURRENT_DATA_KEY and len(reads) < 2:
             reads.append(request)
             barrier.wait()
 

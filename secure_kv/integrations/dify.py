@@ -719,18 +719,24 @@ class EncryptedStorage:
 
     def _fetch(self, key: str) -> bytes | None:
         """The stored bytes, or ``None`` for a missing key, whichever way the SDK says so."""
-        try:
-            raw = self._storage.get(key)
-        except SecureKVError:
-            raise
-        except Exception as error:
-            # SDK 0.7.x raises a bare Exception for a missing key, with the same daemon
-            # message as for any other failed load: only exist() tells them apart.
-            if self._raw_exist(key) is False:
-                return None
-            raise StorageError(
-                f"Dify storage could not read {self._describe(key)}: {_reason(error)}"
-            ) from None
+        for attempt in range(2):
+            try:
+                raw = self._storage.get(key)
+                break
+            except SecureKVError:
+                raise
+            except Exception as error:
+                # SDK 0.7.x raises a bare Exception for a missing key, with the same daemon
+                # message as for any other failed load: only exist() tells them apart. A key
+                # that exists now may have been written between the two calls (another
+                # process creating the data key): read it once more before calling it a failure.
+                exists = self._raw_exist(key)
+                if exists is False:
+                    return None
+                if exists is None or attempt == 1:
+                    raise StorageError(
+                        f"Dify storage could not read {self._describe(key)}: {_reason(error)}"
+                    ) from None
         if raw is None:
             return None
         if not isinstance(raw, (bytes, bytearray, memoryview)):
