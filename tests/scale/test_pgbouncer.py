@@ -36,7 +36,7 @@ def cli(*args: str) -> str:
     result = CliRunner().invoke(main, list(args))
     assert result.exit_code == 0, f"secure-kv {' '.join(args)}: {result.stderr or result.output}"
     assert "Traceback" not in result.output
-    return result.stdout
+    return result.stdout + result.stderr  # data on stdout, messages on stderr
 
 
 @pytest.fixture
@@ -90,16 +90,16 @@ def test_every_operation_and_admin_command_works_through_transaction_pooling(
     time.sleep(0.01)  # the cache entries' TTL has passed
     assert "tenant-0" in cli("rotate", "workspace", "--all")
     cli("rotate", "master")
-    assert cli("purge").startswith(f"deleted {THREADS * ROUNDS} expired entries")
+    assert f"deleted {THREADS * ROUNDS} expired entries" in cli("purge")
     assert "deleted" in cli("shred", "tenant-1", "--yes")
     with SecureStore.open(pgbouncer_url, master_key=EnvMasterKey()) as store:
         ws = store.workspace("tenant-0")
         assert ws.get("t0-k1") == b"t0-k1=1"
         assert ws.get("t0-token") == f"token {ROUNDS - 1}".encode()
         assert store.workspace("tenant-1").get("t1-k1") is None
-    assert cli("audit", "verify").strip() == "verified: every check holds"
+    assert "verified: every check holds" in cli("audit", "verify")
     assert cli("audit", "log", "--workspace", "tenant-0")
-    assert "records:" in CliRunner().invoke(main, ["audit", "report"]).stderr
+    assert "records:" in cli("audit", "report")
 
 
 def _process_workload(url: str, raw_key: bytes, worker: int) -> None:
