@@ -91,7 +91,13 @@ def _insecure_reason(backend: Any) -> str | None:
     try:
         priority = float(backend.priority)
     except Exception as error:  # keyring's way to say "not usable here": RuntimeError
-        return f"it is not usable here ({type(error).__name__})"
+        # A secure backend that cannot be reached now (a keyring daemon down, no D-Bus
+        # session) is a service to check, not a backend to replace.
+        raise MasterKeyError(
+            f"the keyring backend {_backend_name(backend)} is not usable here ({type(error).__name__}): "
+            "check that the OS keyring is running and unlocked (Secret Service: a D-Bus session "
+            f"with gnome-keyring or KeePassXC); otherwise {_INSTALL_HINT}"
+        ) from None
     if not priority >= MIN_PRIORITY:  # also refuses NaN
         return f"keyring rates it a fallback, not recommended (priority {priority:g} < {MIN_PRIORITY})"
     return None

@@ -81,8 +81,15 @@ def test_the_master_key_is_stored_in_the_unlocked_login_collection(secret_servic
     assert len(items) == 1 and items[0].get_label() != ""
 
 
-def test_the_real_plaintext_keyrings_alt_backend_is_refused_before_it_writes(tmp_path: Path) -> None:
-    backend = PlaintextKeyring()
+class _CustomPlaintext(PlaintextKeyring):
+    """A subclass of a plaintext backend, as an application might register."""
+
+
+@pytest.mark.parametrize("backend_class", [PlaintextKeyring, _CustomPlaintext], ids=["plaintext", "subclass"])
+def test_real_plaintext_keyrings_alt_backends_are_refused_before_they_write(
+    backend_class: type, tmp_path: Path
+) -> None:
+    backend = backend_class()
     backend.file_path = str(tmp_path / "keyring.cfg")
     with pytest.raises(MasterKeyError, match="not secure enough"):
         KeyringMasterKey(backend=backend, create=True)
