@@ -5,6 +5,13 @@ inserted with "insert unless it exists" on (workspace, version), then the worksp
 version pointer is advanced with a compare-and-set, then everyone re-reads the pointer. Two
 racers end up using the same key; a crash between the steps leaves nothing unreadable.
 
+New records are sealed only under a data key that was *created under the current master
+key* (``DataKey.created_under``, which the wrap's associated data authenticates). A key the
+workspace's pointer names that is wrapped by a previous master key, or that a master-key
+rotation rewrapped, is used for reading only: the next write creates a fresh version under
+the current key instead. So whoever holds a leaked previous master key and can write to the
+database cannot plant a data key of their choosing for new writes (SECURITY.md).
+
 Unwrapped keys are cached per process, bounded in number (``SECURE_KV_DEK_CACHE_SIZE``) and
 in age (``SECURE_KV_DEK_CACHE_SECONDS``). The age bound is also how long a process keeps
 writing with a workspace's previous key after a rotation. Nothing relies on it for safety:
@@ -185,9 +192,20 @@ class DataKeys:
             workspace_id, last_version, kek_id, wrapped = int(row[0]), int(row[1]), row[2], row[3]
             self._remember_id(name, workspace_id)
             if wrapped is not None:
-                return workspace_id, self._unwrap(name, last_version, kek_id, wrapped)
+                key = self._unwrap(name, last_version, kek_id, wrapped)
+                if self.writable(key):
+                    return workspace_id, key
+                # Readable, but not created under the current master key (a master rotation
+                # rewrapped it, or someone holding a previous key planted it): never adopted
+                # for writing. A fresh version takes its place.
+                self._versions.put((workspace_id, last_version), key)
             self.create_version(workspace_id, name, last_version + 1)
         raise StorageError(f"could not create a data key for workspace {_show(name)}: retry the call")
+
+    def writable(self, key: DataKey) -> bool:
+        """Whether new records may be sealed under ``key``: it was created under the current
+        master key (and is still wrapped by it with the "created" label)."""
+        return key.created_under is not None and key.created_under == self._provider.current_key().kek_id
 
     def create_version(self, workspace_id: int, name: bytes, version: int) -> None:
         """Make data key ``version`` the workspace's current one (idempotent, race-free).
@@ -234,7 +252,7 @@ class DataKeys:
                 "(or list it as a previous key while rotating)"
             )
         try:
-            return unwrap_data_key(master, wrapped, name, version)
+            return unwrap_data_key(master, bytes(wrapped), name, version)
         except AuthenticationError:
             raise AuthenticationError(
                 f"data key {version} of workspace {_show(name)} failed authentication: "
