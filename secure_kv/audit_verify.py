@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +30,7 @@ import sqlalchemy as sa
 from .audit_events import Event, anchor_digest, checkpoint_message, event_digest, genesis_digest
 from .audit_keys import authenticate_signing_keys, public_keys, verify_signature
 from .categories import CATEGORY_CODES, Category
-from .database import Database
+from .database import Database, UndecodableTextError
 from .envelope import DataKey, open_value, parse_header, record_context, row_in_domain, unwrap_data_key
 from .errors import AuthenticationError, InvalidInputError, MasterKeyError, UnsupportedVersionError
 from .keys.base import MasterKeyProvider
@@ -39,6 +40,7 @@ from .schema import (
     audit_checkpoints,
     audit_events,
     data_keys,
+    metadata,
     records,
     workspaces,
 )
@@ -52,6 +54,8 @@ _BATCH = 2000
 _CATEGORIES = {category.value: category for category in Category}
 
 Progress = Callable[[str, int], None]
+# What reading a cell of another type or out of range raises (the audit log's own checks).
+_UNREADABLE = (ValueError, TypeError, AttributeError, OverflowError, struct.error, UndecodableTextError)
 
 
 @dataclass(frozen=True)
@@ -108,19 +112,28 @@ def verify(
     report = VerifyReport()
     tick = progress or (lambda phase, count: None)
     anchored = parse_anchor(anchor) if anchor is not None else None
-    with database.connect() as connection:
-        keys = public_keys(connection)
-        report.signing_keys = len(keys)
-        if provider is not None:
-            for problem in authenticate_signing_keys(connection, provider):
-                report.fail(f"audit signing key {problem.key_id}", problem.problem)
-        elif anchored is None:
-            report.notes.append(
-                "signing keys were taken from the database without authentication: give the master "
-                "key, or pin them with --anchor"
-            )
-        pinned = _check_anchor(connection, anchored, keys, report) if anchored is not None else None
-    _verify_chains(database, keys, pinned, report, tick)
+    if database.dialect_name == "sqlite":
+        _verify_cell_types(database, report)
+    try:
+        with database.connect() as connection:
+            keys = public_keys(connection)
+            report.signing_keys = len(keys)
+            if provider is not None:
+                for problem in authenticate_signing_keys(connection, provider):
+                    report.fail(f"audit signing key {problem.key_id}", problem.problem)
+            elif anchored is None:
+                report.notes.append(
+                    "signing keys were taken from the database without authentication: give the "
+                    "master key, or pin them with --anchor"
+                )
+            pinned = _check_anchor(connection, anchored, keys, report) if anchored is not None else None
+        _verify_chains(database, keys, pinned, report, tick)
+    except _UNREADABLE as error:
+        # A cell of another type or out of range (SQLite stores anything; a server, any
+        # number): reported, and the records are still checked.
+        report.fail("audit log", f"a cell holds a value verify cannot read ({type(error).__name__}): edited")
+    except UnsupportedVersionError as error:
+        report.fail("audit log", _reason(error))
     if provider is not None:
         _verify_data_keys(database, provider, report, tick)
         _verify_records(database, provider, report, tick)
@@ -348,6 +361,35 @@ def _check_pinned(
 # --- data keys and records ------------------------------------------------------------
 
 
+def _verify_cell_types(database: Database, report: VerifyReport) -> None:
+    """SQLite only (servers enforce column types): every cell of every table holds the
+    storage class its column declares, so an integer is never text, a blob never text.
+    Generated from the schema, so a new column is covered too."""
+    for table in metadata.sorted_tables:
+        checks = {column.name: _storage_classes(column) for column in table.columns}
+        wrong = sa.or_(*(sa.func.typeof(table.c[name]).not_in(kinds) for name, kinds in checks.items()))
+        key = [sa.cast(column, sa.LargeBinary) for column in table.primary_key.columns]
+        kinds_query = [sa.func.typeof(table.c[name]) for name in checks]
+        query = sa.select(*key, *kinds_query).where(wrong).limit(MAX_LISTED_FAILURES)
+        with database.connect() as connection:
+            for row in connection.execute(query):
+                where = ", ".join(_show(cell) for cell in row[: len(key)])
+                for (name, kinds), kind in zip(checks.items(), row[len(key) :], strict=True):
+                    if kind not in kinds:
+                        found = str(kind)
+                        report.fail(f"row ({where}) of {table.name}", f"column {name} holds {found} (edited)")
+
+
+def _storage_classes(column: Any) -> tuple[str, ...]:
+    if isinstance(column.type, sa.LargeBinary):
+        kinds: tuple[str, ...] = ("blob",)
+    elif isinstance(column.type, sa.Integer):
+        kinds = ("integer",)
+    else:
+        kinds = ("text",)
+    return (*kinds, "null") if column.nullable else kinds
+
+
 def _verify_data_keys(
     database: Database, provider: MasterKeyProvider, report: VerifyReport, tick: Progress
 ) -> None:
@@ -355,7 +397,7 @@ def _verify_data_keys(
     sqlite = database.dialect_name == "sqlite"
     query = (
         sa.select(
-            workspaces.c.name,
+            _as_bytes(workspaces.c.name, sqlite),
             d.version,
             _as_bytes(d.kek_id, sqlite),
             _as_bytes(d.wrapped, sqlite),
@@ -400,9 +442,9 @@ def _verify_records(
     sqlite = database.dialect_name == "sqlite"
     query = (
         sa.select(
-            workspaces.c.name,
+            _as_bytes(workspaces.c.name, sqlite),
             r.workspace_id,
-            r.record_key,
+            _as_bytes(r.record_key, sqlite),
             _as_bytes(r.category, sqlite),
             r.dek_version,
             r.expires_at,

@@ -272,9 +272,8 @@ class Database:
                     connection = connection.execution_options(**{SQLITE_BEGIN_IMMEDIATE: True})
                 yield connection
         except sa.exc.DBAPIError as error:
-            raise StorageError(
-                f"database error on {safe_url(self.url)}: {_first_line(error.orig)}"
-            ) from error
+            kind = UndecodableTextError if _is_undecodable_text(error.orig) else StorageError
+            raise kind(f"database error on {safe_url(self.url)}: {_first_line(error.orig)}") from None
 
     # --- the hot path's connections ----------------------------------------------------
 
@@ -565,7 +564,7 @@ class UndecodableTextError(StorageError):
 _UNDECODABLE = "Could not decode to UTF-8"
 
 
-def _is_undecodable_text(error: BaseException) -> bool:
+def _is_undecodable_text(error: BaseException | None) -> bool:
     return str(error).startswith(_UNDECODABLE)
 
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from .database import Database
+from .database import Database, UndecodableTextError
 from .envelope import DataKey, new_data_key_bytes, unwrap_data_key, wrap_data_key
 from .errors import AuthenticationError, MasterKeyError, StorageError
 from .keys.base import MasterKeyProvider
@@ -161,7 +161,10 @@ class DataKeys:
         found = self._versions.get((workspace_id, version))
         if found is not None:
             return found  # type: ignore[no-any-return]
-        row = self._db.fetchone(self._sql.select_data_key, workspace_id, version)
+        try:
+            row = self._db.fetchone(self._sql.select_data_key, workspace_id, version)
+        except UndecodableTextError:
+            raise self._altered(name, version) from None
         if row is None:
             raise MissingDataKeyError(
                 f"a record of workspace {_show(name)} names data key version {version}, "
@@ -185,11 +188,20 @@ class DataKeys:
 
     def _load_current(self, name: bytes) -> tuple[int, DataKey]:
         for _ in range(_MAX_CREATE_ATTEMPTS):
-            row = self._db.fetchone(self._sql.select_current_key, name)
+            try:
+                row = self._db.fetchone(self._sql.select_current_key, name)
+            except UndecodableTextError:
+                raise self._altered(name, None) from None
             if row is None:
                 self._db.execute(self._sql.insert_workspace, name, 0, now_micros())
                 continue
-            workspace_id, last_version, kek_id, wrapped = int(row[0]), int(row[1]), row[2], row[3]
+            workspace_id, last_version, kek_id, wrapped = row
+            if type(last_version) is not int or last_version < 0:
+                raise AuthenticationError(
+                    f"workspace {_show(name)} has a data-key version pointer no secure_kv writes: "
+                    "it was altered (restore skv_workspaces.last_dek_version from a backup)"
+                )
+            workspace_id = int(workspace_id)
             self._remember_id(name, workspace_id)
             if wrapped is not None:
                 key = self._unwrap(name, last_version, kek_id, wrapped)
@@ -242,7 +254,17 @@ class DataKeys:
 
         audit.run(create)
 
-    def _unwrap(self, name: bytes, version: int, kek_id: str, wrapped: bytes) -> DataKey:
+    @staticmethod
+    def _altered(name: bytes, version: int | None) -> AuthenticationError:
+        which = "the current data key" if version is None else f"data key {version}"
+        return AuthenticationError(
+            f"{which} of workspace {_show(name)} failed authentication: it was altered"
+        )
+
+    def _unwrap(self, name: bytes, version: int, kek_id: Any, wrapped: Any) -> DataKey:
+        if not isinstance(kek_id, str) or not isinstance(wrapped, (bytes, bytearray, memoryview)):
+            # A cell of another type (SQLite stores whatever it is given): altered.
+            raise self._altered(name, version)
         master = self._provider.find(kek_id)
         if master is None:
             held = ", ".join(key.kek_id for key in self._provider.all_keys())
