@@ -508,8 +508,16 @@ class Workspace:
         workspace_id = self._keys.workspace_id(self._name_bytes)
         if workspace_id is None:
             return False
-        row = store._db.fetchone(store._sql.select_expiry, workspace_id, key_bytes)
-        return row is not None and (row[0] is None or row[0] > now_micros())
+        try:
+            row = store._db.fetchone(store._sql.select_expiry, workspace_id, key_bytes)
+        except UndecodableTextError:
+            raise self._tampered(key) from None
+        if row is None:
+            return False
+        expires_at = row[0]
+        if expires_at is not None and (type(expires_at) is not int or expires_at <= 0):
+            raise self._tampered(key)  # -1, text, a float: no expiry secure_kv writes
+        return expires_at is None or expires_at > now_micros()
 
     def delete(self, key: str) -> None:
         """Remove ``key``; deleting a missing key is not an error.

@@ -126,6 +126,10 @@ def _expect_refused(store: SecureStore, key: str) -> str:
         ws.get(key)
     with pytest.raises(AuthenticationError) as raised_many:
         ws.get_many(["fine", key])
+    try:  # exist() decrypts nothing: it answers, or refuses an expiry it cannot read
+        ws.exist(key)
+    except AuthenticationError as error:
+        assert repr(key) in str(error)
     for message in (str(raised.value), str(raised_many.value)):
         assert repr(key) in message and repr(WS) in message
     return str(raised.value)
