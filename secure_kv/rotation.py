@@ -36,7 +36,7 @@ import sqlalchemy as sa
 from .audit_keys import rewrap_signing_keys
 from .categories import CATEGORY_CODES
 from .datakeys import MissingDataKeyError
-from .envelope import HEADER_BYTES, DataKey, record_contexts, reseal_value, rewrap_data_key
+from .envelope import HEADER_BYTES, DataKey, record_contexts, reseal_value, rewrap_data_key, row_in_domain
 from .errors import (
     AuthenticationError,
     InvalidInputError,
@@ -373,6 +373,8 @@ class _Reencryption:
                 if fetched is None:
                     continue  # deleted or rewritten under the new key meanwhile
                 category, expires_at, blob = fetched
+            if not row_in_domain(version, expires_at, blob):
+                raise self.tampered(key)  # a cell no secure_kv writes (SQLite stores anything)
             blob = bytes(blob)
             code = _CODE_BY_VALUE.get(category)
             old = self.old_keys.get(version) or self.old_key(key, version)
