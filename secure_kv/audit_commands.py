@@ -22,7 +22,7 @@ from .errors import MasterKeyError
 from .keys import MasterKeyProvider, provider_from_settings
 from .migrate import ensure_schema
 from .report import REPORT_FIELDS, ReportSummary, iter_report
-from .report_html import write_html_report
+from .report_html import check_available, write_html_report
 from .schema import records, workspaces
 from .settings import Settings, load_settings
 from .store import SecureStore
@@ -90,6 +90,8 @@ def audit_report(
     settings = settings if settings is not None else load_settings()
     if fmt not in ("json", "csv", "html"):
         raise ValueError("format must be json, csv or html")
+    if fmt == "html":
+        check_available()  # before anything is recorded or read
     provider = _provider_or_none(settings, master_key)
     _record_admin(settings, provider, "audit.report", f"format {fmt}, workspace {workspace or 'all'}")
     summary = ReportSummary()

@@ -38,7 +38,7 @@ from .errors import ConfigurationError
 from .report import REPORT_FIELDS, ReportSummary
 from .schema import audit_anchors, audit_events, data_keys, workspaces
 
-__all__ = ["HTML_FIELDS", "write_html_report"]
+__all__ = ["HTML_FIELDS", "check_available", "write_html_report"]
 
 #: The columns of the record table, a subset of :data:`REPORT_FIELDS` in that order.
 HTML_FIELDS = (
@@ -96,10 +96,15 @@ class ReportPage:
         return self.summary.by_category.get("token", 0)
 
 
+def check_available() -> None:
+    """Raise :class:`ConfigurationError` naming the extra to install if Jinja2 is missing."""
+    _environment()
+
+
 def _environment() -> Any:
     try:
         import jinja2
-    except ImportError:  # pragma: no cover - depends on the environment
+    except ImportError:
         raise ConfigurationError("the HTML report needs Jinja2: pip install 'secure-kv[report]'") from None
     environment = jinja2.Environment(
         loader=jinja2.PackageLoader("secure_kv", "templates"),

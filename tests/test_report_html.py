@@ -13,6 +13,7 @@ import io
 import json
 import os
 import shutil
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from html.parser import HTMLParser
@@ -136,6 +137,33 @@ def test_the_page_never_holds_a_value_nor_markup_from_a_name(
     assert "default-src 'none'" in html
     assert "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
     assert "https://" not in html
+
+
+def test_the_page_shows_rotations_and_data_key_versions(sqlite_url: str, master_key: StaticMasterKey) -> None:
+    _fill(sqlite_url, master_key)
+    settings = load_settings(database_url=sqlite_url, actor="admin@ci")
+    commands.rotate_workspaces(settings, master_key, workspaces=["tenant-2:crm"])
+    _, html = _reports(sqlite_url, master_key)
+    parsed = _Metrics()
+    parsed.feed(html)
+    assert "admin.rotate_workspace" in html and "admin@ci" in html  # in "Last rotations"
+    assert parsed.metrics["old-data-keys"] == "0"  # the rotation re-encrypted every record
+    assert html.count("<td>current</td>") == 3  # one live data key per workspace, the old one retired
+
+
+def test_without_jinja2_the_command_names_the_extra(
+    sqlite_url: str, master_key: StaticMasterKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from secure_kv.cli import main
+
+    _fill(sqlite_url, master_key)
+    monkeypatch.setitem(sys.modules, "jinja2", None)  # as if the extra were not installed
+    result = CliRunner().invoke(main, ["--database-url", sqlite_url, "audit", "report", "--format", "html"])
+    assert result.exit_code == 1
+    assert "pip install 'secure-kv[report]'" in result.output
+    assert "<html" not in result.output
 
 
 def test_a_workspace_report_has_only_that_workspace(sqlite_url: str, master_key: StaticMasterKey) -> None:
