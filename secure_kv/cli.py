@@ -330,7 +330,7 @@ def rotate() -> None:
 )
 @FORMAT_OPTION
 def rotate_master(generate: bool, retire_previous: bool, output_format: str) -> None:
-    """Rewrap every data key under the current master key.
+    """Rewrap every data key under the current master key; replace the audit signing key.
 
     Reads data keys with the previous master keys (SECURE_KV_PREVIOUS_MASTER_KEYS, the
     later lines of the key file, or the keyring's key history). Its cost grows with
@@ -365,8 +365,11 @@ def rotate_master(generate: bool, retire_previous: bool, output_format: str) -> 
             )
         for kek_id, count in sorted(report.remaining.items()):
             click.echo(f"still wrapped by master key {kek_id}: {count} data key(s)", err=True)
-        if report.signing_keys_rewrapped:
-            click.echo(f"rewrapped {report.signing_keys_rewrapped} audit signing key(s)")
+        if report.signing_keys_created or report.signing_keys_retired:
+            click.echo(
+                f"audit signing keys: {report.signing_keys_created} created, "
+                f"{report.signing_keys_retired} retired (old public halves kept to verify old events)"
+            )
         if report.signing_keys_remaining:
             click.echo(
                 f"still wrapped by another master key: {report.signing_keys_remaining} audit signing key(s)",
@@ -779,7 +782,9 @@ def audit_anchor() -> None:
 
     Keep the printed line somewhere the database's administrators cannot change (a ticket,
     a write-once bucket, a signed mail); `audit verify --anchor` then finds any event
-    deleted before that point, including a cut tail.
+    deleted before that point, including a cut tail. Only signing keys that authenticate
+    under the master key are pinned; any other key and its chains are left out, listed, and
+    the command exits 1 (the anchor is still printed).
 
     Example:
 
@@ -792,6 +797,11 @@ def audit_anchor() -> None:
         err=True,
     )
     click.echo(anchor.text)
+    for problem in anchor.untrusted:
+        click.echo(f"not anchored: {problem}", err=True)
+    if anchor.untrusted:
+        click.echo("error: some signing keys do not authenticate; run `secure-kv audit verify`", err=True)
+        sys.exit(1)
 
 
 @audit.command("prune")
