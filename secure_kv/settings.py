@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import platformdirs
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ConfigurationError
@@ -93,6 +93,15 @@ class Settings(BaseSettings):
     dek_cache_seconds: float = Field(default=60, gt=0, allow_inf_nan=False)
     # How many unwrapped data keys one process keeps in memory at most.
     dek_cache_size: int = Field(default=1024, gt=0)
+
+    @model_validator(mode="after")
+    def _env_key_means_env_provider(self) -> Settings:
+        """``SECURE_KV_MASTER_KEY`` set and no provider named: the env provider (the key
+        given is the key meant). A provider named explicitly always wins.
+        """
+        if "key_provider" not in self.model_fields_set and self.master_key is not None:
+            self.key_provider = KeyProviderName.ENV
+        return self
 
     @field_validator("database_url")
     @classmethod

@@ -181,9 +181,10 @@ def test_the_admin_job_end_to_end_from_the_command_line(cli: Cli) -> None:
     cli("set", "tenant", "search", "--category", "cache", "--ttl", "600", input=b"{}")
 
     assert cli("get", "tenant", "user").stdout_bytes == b"John\n"  # byte for byte
-    masked = cli("get", "tenant", "openai")
+    masked = cli("get", "tenant", "openai", ok=False)  # a script reading a token without --reveal
     assert "sk-secret" not in masked.output
-    assert masked.stdout == "********\n"
+    assert (masked.exit_code, masked.stdout) == (1, "")
+    assert masked.stderr.startswith("error: 'openai' is a token") and "--reveal" in masked.stderr
     assert cli("get", "tenant", "openai", "--reveal").stdout_bytes == b"sk-secret"
     assert cli("get", "tenant", "openai", "--reveal", "--base64").stdout == "c2stc2VjcmV0\n"
 
@@ -328,7 +329,7 @@ def test_status_shows_an_unfinished_rotation(sqlite_cli: Cli) -> None:
         store._keys.create_version(1, b"a", 2)
     status = sqlite_cli.json("status")
     assert status["workspaces"][0]["rotation_in_progress"] is True
-    assert "rotation in progress" in sqlite_cli("status").output
+    assert "rotation unfinished: run `secure-kv rotate workspace a`" in sqlite_cli("status").output
     assert "(resumed)" in sqlite_cli("rotate", "workspace", "a").output
     assert sqlite_cli.json("status")["workspaces"][0]["rotation_in_progress"] is False
 
