@@ -165,8 +165,8 @@ def _interruptible(describe: Callable[[], str]) -> Iterator[None]:
 @click.option(
     "--database-url",
     metavar="URL",
-    help="SQLAlchemy URL of the store (default: SECURE_KV_DATABASE_URL, else a SQLite file "
-    "in the user data directory).",
+    help="SQLAlchemy URL of the store, without a password (default: SECURE_KV_DATABASE_URL, "
+    "else a SQLite file in the user data directory).",
 )
 @click.pass_context
 def main(ctx: click.Context, database_url: str | None) -> None:
@@ -181,6 +181,11 @@ def main(ctx: click.Context, database_url: str | None) -> None:
         secure-kv --database-url postgresql+psycopg://app@db/kv init
     """
     global _URL_FROM_FLAG
+    if database_url is not None:
+        from .settings import refuse_password_in_argument
+
+        # Before the flag is noted: this message names the variable to use instead.
+        refuse_password_in_argument(database_url)
     _URL_FROM_FLAG = database_url is not None
     ctx.obj = {"database_url": database_url}
 

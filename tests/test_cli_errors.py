@@ -98,18 +98,21 @@ def test_help_lists_the_settings_and_how_the_provider_is_chosen() -> None:
     assert "otherwise env when SECURE_KV_MASTER_KEY" in " ".join(text.split())
 
 
-def test_an_exported_master_key_is_used_without_naming_the_provider(tmp_path: Path) -> None:
+def test_an_exported_master_key_is_used_without_naming_the_provider(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     env = cli_env(f"sqlite:///{tmp_path}/new.db", generate_master_key())  # no SECURE_KV_KEY_PROVIDER
     done = _run(["init"], env)
     assert done.returncode == 0, done.stderr
     assert "keyring" not in done.stderr
-    # the library agrees: SecureStore.open without a provider uses the same key
-    os.environ["SECURE_KV_MASTER_KEY"] = env["SECURE_KV_MASTER_KEY"]
-    try:
-        with SecureStore.open(env["SECURE_KV_DATABASE_URL"]) as store:
-            store.workspace("w").set("k", b"v")
-    finally:
-        del os.environ["SECURE_KV_MASTER_KEY"]
+    # the library agrees: SecureStore.open without a provider uses the same key, and so does
+    # a second open after the env provider took the key out of os.environ
+    monkeypatch.setenv("SECURE_KV_MASTER_KEY", env["SECURE_KV_MASTER_KEY"])
+    with SecureStore.open(env["SECURE_KV_DATABASE_URL"]) as store:
+        store.workspace("w").set("k", b"v")
+    assert "SECURE_KV_MASTER_KEY" not in os.environ
+    with SecureStore.open(env["SECURE_KV_DATABASE_URL"]) as store:
+        assert store.workspace("w").get("k") == b"v"
     assert _run(["get", "w", "k"], env).stdout == "v"
 
 
