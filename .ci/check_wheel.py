@@ -55,6 +55,8 @@ engine.dispose()
 
 
 def run(*command: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
+    """Run ``command``; exit with its output if it fails. Returns stdout and stderr together
+    (the CLI writes data to stdout and its messages to stderr)."""
     printable = " ".join(str(part) if "\n" not in str(part) else "<script>" for part in command)
     print(f"wheel-check: $ {printable}", file=sys.stderr, flush=True)
     done = subprocess.run(
@@ -62,7 +64,7 @@ def run(*command: str | Path, cwd: Path | None = None, env: dict[str, str] | Non
     )
     if done.returncode != 0:
         sys.exit(f"wheel-check: failed ({done.returncode}): {printable}\n{done.stdout}\n{done.stderr}")
-    return done.stdout
+    return done.stdout + done.stderr
 
 
 def wheel_files(wheel: Path) -> dict[str, str]:
@@ -116,7 +118,7 @@ def try_installed(wheel: Path, python: str, work: Path) -> None:
     demo = run(cli, "demo", cwd=home, env=env)
     if "demo passed" not in demo:
         sys.exit(f"wheel-check: secure-kv demo said: {demo}")
-    env["SECURE_KV_MASTER_KEY"] = run(cli, "keygen", cwd=home, env=env).strip()
+    env["SECURE_KV_MASTER_KEY"] = run(cli, "keygen", cwd=home, env=env).split()[0]
 
     env["SECURE_KV_DATABASE_URL"] = f"sqlite:///{work / 'new.db'}"
     created = run(cli, "init", cwd=home, env=env)
