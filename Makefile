@@ -14,7 +14,7 @@ BENCH_STAMP := $(VENV)/.bench-installed
 # depends on the Python), the store, the envelope, the CLI and the example plugin.
 SUBSET := tests/test_dify.py tests/test_store.py tests/test_envelope.py tests/test_cli.py tests/test_examples.py
 
-.PHONY: demo test test-subset lint typecheck fuzz bench wheel-check clean
+.PHONY: demo test test-subset lint typecheck fuzz soak bench wheel-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,13 @@ wheel-check: $(STAMP)
 fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -m "not slow" tests/test_properties.py
 
+# Worker processes on SQLite, PostgreSQL (direct and through a PgBouncer it starts) and
+# MariaDB while workers are SIGKILLed, connections terminated and PgBouncer restarted;
+# prints ops/s, p50/p99 latency, faults survived, and fails on any broken invariant
+# (tests/scale/soak.py). SOAK_ARGS="--seconds 600 --workers 16" for a longer run.
+soak: $(STAMP)
+	$(BIN)/python -m tests.scale.soak $(SOAK_ARGS)
+
 $(BENCH_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
@@ -53,12 +60,15 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 # suite.py writes bench/results.json, the tables in docs/performance.md and
 # docs/performance.png; the rotation and audit benchmarks print their ratios; bench_cli.py
 # times the command itself (start-up, audit report and list over 100,000 records);
-# bench_report_html.py measures the HTML audit report at 100,000 records.
+# bench_scaling.py writes bench/scaling.json and docs/scaling.png (ops/s for 1-8
+# processes, ~4 minutes); bench_report_html.py measures the HTML audit report at 100,000
+# records.
 bench: $(BENCH_STAMP)
 	$(BIN)/python bench/suite.py $(BENCH_ARGS)
 	$(BIN)/python bench/bench_rotation.py
 	$(BIN)/python bench/bench_audit.py
 	$(BIN)/python bench/bench_cli.py
+	$(BIN)/python bench/bench_scaling.py
 	$(BIN)/python bench/bench_report_html.py
 
 clean:

@@ -95,7 +95,7 @@ def registration(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         yield PluginRegistration(DifyPluginEnv())
     finally:
         for name in set(sys.modules) - before:
-            if name.split(".")[0] in ("provider", "tools"):
+            if name.split(".")[0] in ("provider", "tools", "tenant_key"):
                 del sys.modules[name]
 
 
@@ -154,7 +154,7 @@ def test_the_example_provider_refuses_a_bad_master_key(registration: Any) -> Non
     from dify_plugin.errors.tool import ToolProviderCredentialValidationError
 
     provider = registration.get_tool_provider_cls("secure_search")()
-    with pytest.raises(ToolProviderCredentialValidationError, match="SECURE_KV_MASTER_KEY") as refused:
+    with pytest.raises(ToolProviderCredentialValidationError, match="secure-kv keygen") as refused:
         provider.validate_credentials({"secure_kv_master_key": "not-a-key", "api_base_url": "https://x"})
     assert "not-a-key" not in str(refused.value)
 

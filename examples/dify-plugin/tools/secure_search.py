@@ -17,32 +17,19 @@ from typing import Any
 import httpx
 from dify_plugin import Tool
 from dify_plugin.entities.tool import ToolInvokeMessage
+from tenant_key import tenant_master_key
 
 from secure_kv import Category
 from secure_kv.integrations.dify import EncryptedStorage
-from secure_kv.keys import EnvMasterKey
 
 CACHE_SECONDS = 300
-
-
-def encrypted_storage(storage: Any, credentials: dict[str, Any]) -> EncryptedStorage:
-    """``self.session.storage`` wrapped with this workspace's key from its credentials.
-
-    The ``secret-input`` credential is the workspace's own master key, so one workspace's
-    entries never open in another's storage. It is also given as ``tenant_secret``, which
-    EncryptedStorage always requires (it binds every entry to the tenant; HKDF keeps the
-    two uses of the secret apart).
-    """
-    secret = str(credentials.get("secure_kv_master_key") or "")
-    return EncryptedStorage(
-        storage, master_key=EnvMasterKey({"SECURE_KV_MASTER_KEY": secret}), tenant_secret=secret
-    )
 
 
 class SecureSearchTool(Tool):
     def _invoke(self, tool_parameters: dict[str, Any]) -> Generator[ToolInvokeMessage, None, None]:
         credentials = self.runtime.credentials
-        storage = encrypted_storage(self.session.storage, credentials)
+        # The workspace's own master key (a secret-input credential): it binds the tenant.
+        storage = EncryptedStorage(self.session.storage, master_key=tenant_master_key(credentials))
         user = self.runtime.user_id or "anonymous"
         token_key = f"tokens/{user}"
 
