@@ -34,6 +34,7 @@ from .audit_admin import format_time
 from .audit_verify import verify
 from .database import Database
 from .datakeys import now_micros
+from .display import shown, shown_message
 from .errors import ConfigurationError
 from .report import REPORT_FIELDS, ReportSummary
 from .schema import audit_anchors, audit_events, data_keys, workspaces
@@ -132,17 +133,22 @@ def write_html_report(
     page = ReportPage(
         generated_at=format_time(now_micros()) or "",
         database=database_label,
-        workspace_filter=workspace,
+        workspace_filter=None if workspace is None else shown(workspace),
         max_age_days=max_age_days,
         summary=summary,
     )
     for row in rows:
-        page.rows.append([row[name] for name in HTML_FIELDS])
-        page.by_workspace[row["workspace"]] += 1
+        # Names as `secure-kv list` shows them: a newline or a right-to-left mark in a name
+        # is shown as its escape, so no name can forge a row or reorder what follows it.
+        name = shown(row["workspace"])
+        cells = [row[field] for field in HTML_FIELDS]
+        cells[0], cells[1] = name, shown(row["key"])
+        page.rows.append(cells)
+        page.by_workspace[name] += 1
         if row["category"] == "token":
-            page.tokens_by_workspace[row["workspace"]] += 1
+            page.tokens_by_workspace[name] += 1
         if row["expired"]:
-            page.expired_by_workspace[row["workspace"]] += 1
+            page.expired_by_workspace[name] += 1
     _gather_keys(database, page, workspace)
     _gather_events(database, page, workspace)
     _verify_chain(database, page)
@@ -193,7 +199,7 @@ def _gather_keys(database: Database, page: ReportPage, workspace: str | None) ->
                 page.kek_ids[row.kek_id] += 1
             page.data_keys.append(
                 {
-                    "workspace": bytes(row.name).decode("utf-8", "replace"),
+                    "workspace": shown(bytes(row.name).decode("utf-8", "replace")),
                     "version": int(row.version),
                     "current": int(row.version) == int(row.last_dek_version),
                     "kek_id": row.kek_id,
@@ -227,16 +233,16 @@ def _gather_events(database: Database, page: ReportPage, workspace: str | None) 
     with database.connect() as connection:
         per_actor: dict[str, dict[int, int]] = defaultdict(dict)
         for actor, read_day, count in connection.execute(reads):
-            per_actor[actor][int(read_day)] = int(count)
+            per_actor[shown(actor)][int(read_day)] = int(count)
         page.token_reads = dict(sorted(per_actor.items(), key=lambda item: -sum(item[1].values())))
         for row in connection.execute(rotations):
             page.rotations.append(
                 {
                     "time": format_time(row.occurred_at),
-                    "actor": row.actor,
+                    "actor": shown(row.actor),
                     "action": row.action,
                     "outcome": row.outcome,
-                    "detail": row.detail,
+                    "detail": shown_message(row.detail) if row.detail else None,
                 }
             )
         for anchor_id, created_at in connection.execute(anchors):
@@ -253,8 +259,8 @@ def _verify_chain(database: Database, page: ReportPage) -> None:
         "chains": report.chains,
         "signing_keys": report.signing_keys,
         "failure_count": report.failure_count,
-        "failures": [str(failure) for failure in report.failures],
-        "notes": list(report.notes),
+        "failures": [shown_message(str(failure)) for failure in report.failures],
+        "notes": [shown_message(note) for note in report.notes],
     }
 
 

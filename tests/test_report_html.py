@@ -166,6 +166,18 @@ def test_without_jinja2_the_command_names_the_extra(
     assert "<html" not in result.output
 
 
+def test_names_that_would_restyle_themselves_are_shown_escaped(
+    sqlite_url: str, master_key: StaticMasterKey
+) -> None:
+    sneaky = "invoice\u202egpj.exe\nforged-row"  # a right-to-left override and a newline
+    with SecureStore.open(sqlite_url, master_key=master_key) as store:
+        store.workspace(sneaky).set("key\u200b", b"v")
+    _, html = _reports(sqlite_url, master_key)
+    assert "\u202e" not in html and "\u200b" not in html and "gpj.exe\nforged" not in html
+    assert r"invoice\u202egpj.exe\nforged-row" in html  # as `secure-kv list` shows it
+    assert r"key\u200b" in html.replace("\\\\", "\\")  # the record table's JSON doubles backslashes
+
+
 def test_a_workspace_report_has_only_that_workspace(sqlite_url: str, master_key: StaticMasterKey) -> None:
     _fill(sqlite_url, master_key)
     rows, html = _reports(sqlite_url, master_key, workspace="tenant-2:crm")
