@@ -159,6 +159,11 @@ def shred(
         ),
     )
     store._keys.forget_workspace(name, workspace_id)
+    if database.dialect_name == "sqlite":
+        # The WAL still holds earlier images of the pages with the wrapped keys: copy the
+        # current pages back and empty it, so no file in the directory keeps them.
+        with database.connect() as connection:
+            connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     return ShredReport(
         workspace=workspace,
         destroyed_keys=destroyed,
