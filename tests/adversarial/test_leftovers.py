@@ -92,7 +92,9 @@ def history(tmp_path: Path) -> Iterator[tuple[Path, Secrets, SecureStore]]:
         for workspace in (VICTIM, OTHER):
             ws = store.workspace(workspace)
             for i in range(40):
-                ws.set(f"k{i}", MARKER + b"-v1-%d" % i, category=Category.TOKEN if i % 3 == 0 else "preference")
+                ws.set(
+                    f"k{i}", MARKER + b"-v1-%d" % i, category=Category.TOKEN if i % 3 == 0 else "preference"
+                )
             ws.set_many({f"b{i}": MARKER + b"-batch" for i in range(10)})
             for i in range(0, 40, 2):
                 ws.set(f"k{i}", MARKER + b"-v2-%d" % i)  # overwrites
@@ -111,7 +113,9 @@ def history(tmp_path: Path) -> Iterator[tuple[Path, Secrets, SecureStore]]:
     store = SecureStore.open(url, master_key=StaticMasterKey(second))
     store.workspace(VICTIM).set("late", MARKER + b"-late")
     secrets.collect(StaticMasterKey(second))
-    assert len(secrets.found) == 7  # 3 versions: 3 raw keys, 3 wrapped by the first master key, 1 by the second
+    assert (
+        len(secrets.found) == 7
+    )  # 3 versions: 3 raw keys, 3 wrapped by the first master key, 1 by the second
     erasure.shred(store, VICTIM)
     try:
         yield path, secrets, store
@@ -233,7 +237,7 @@ def test_settings_with_an_env_master_key_hold_it_in_no_pickle_or_repr(
     monkeypatch.setenv("SECURE_KV_MASTER_KEY", base64.b64encode(master).decode())
     monkeypatch.setenv("SECURE_KV_KEY_PROVIDER", "env")
     with SecureStore.open(f"sqlite:///{tmp_path / 'store.db'}") as store:
-        spelled = _forms(master) + [base64.b64encode(master).decode()]
+        spelled = [*_forms(master), base64.b64encode(master).decode()]
         for thing in (store.settings, store, EnvMasterKey):
             for secret in spelled:
                 assert secret not in repr(thing)

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
 import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, settings
@@ -176,7 +177,9 @@ def make_machine(new_url: Callable[[], tuple[str, Callable[[], None]]]) -> type[
         @rule(pick=st.integers(0, 20), offset=st.sampled_from((-1, 0, 1)))
         def advance_to_an_expiry(self, pick: int, offset: int) -> None:
             """To one microsecond before, at or after a stored expiry: the boundary."""
-            pending = sorted({e.expires_at for e in self.model.values() if e.expires_at and e.expires_at > Clock.now})
+            pending = sorted(
+                {e.expires_at for e in self.model.values() if e.expires_at and e.expires_at > Clock.now}
+            )
             if pending:
                 Clock.now = max(Clock.now, pending[pick % len(pending)] + offset)
 
@@ -284,7 +287,9 @@ def test_the_store_behaves_as_a_dict_on_postgresql(
         engine.dispose()
 
 
-def test_the_store_behaves_as_a_dict_on_mariadb(controlled_clock: type[Clock], mysql_admin: sa.Engine) -> None:
+def test_the_store_behaves_as_a_dict_on_mariadb(
+    controlled_clock: type[Clock], mysql_admin: sa.Engine
+) -> None:
     def new_url() -> tuple[str, Callable[[], None]]:
         name = f"skv_m_{uuid.uuid4().hex[:12]}"
         with mysql_admin.connect() as connection:
@@ -305,4 +310,3 @@ def test_the_clock_reaches_every_module_that_reads_it(controlled_clock: type[Clo
     for name, module in sys.modules.items():
         if name.startswith("secure_kv") and hasattr(module, "now_micros"):
             assert module.now_micros == Clock.read, name
-

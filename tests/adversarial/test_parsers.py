@@ -26,7 +26,13 @@ from hypothesis import strategies as st
 from secure_kv import Category, SecureStore
 from secure_kv.audit_admin import take_anchor
 from secure_kv.audit_events import anchor_digest
-from secure_kv.audit_keys import _associated_data, _retired_associated_data, _Retired, _unwrap, verify_signature
+from secure_kv.audit_keys import (
+    _associated_data,
+    _Retired,
+    _retired_associated_data,
+    _unwrap,
+    verify_signature,
+)
 from secure_kv.audit_verify import VerifyReport, _check_anchor, parse_anchor
 from secure_kv.envelope import (
     DataKey,
@@ -126,7 +132,9 @@ def test_a_wrapped_data_key_unwraps_only_unaltered(wrapped: bytes) -> None:
 
 
 @given(wrapped=stored(KEK.wrap(b"\x07" * 48, b"any")), associated_data=st.binary(max_size=64))
-def test_the_master_key_unwrap_raises_only_the_documented_error(wrapped: bytes, associated_data: bytes) -> None:
+def test_the_master_key_unwrap_raises_only_the_documented_error(
+    wrapped: bytes, associated_data: bytes
+) -> None:
     only(STORED_BYTES_ERRORS, lambda: KEK.unwrap(wrapped, associated_data))
 
 
@@ -178,7 +186,9 @@ def test_a_stored_signature_check_answers_false_never_raises(
 ANCHOR_LINE = "skv-anchor:v1:7:" + "ab" * 32
 
 
-@given(text=st.one_of(st.text(max_size=120), mutated(ANCHOR_LINE.encode()).map(lambda b: b.decode("latin-1"))))
+@given(
+    text=st.one_of(st.text(max_size=120), mutated(ANCHOR_LINE.encode()).map(lambda b: b.decode("latin-1")))
+)
 def test_an_anchor_line_parses_or_raises_invalid_input(text: str) -> None:
     only((InvalidInputError,), lambda: parse_anchor(text))
 
@@ -222,7 +232,9 @@ def test_an_anchor_record_is_reported_malformed_never_raises(
     text = data.draw(st.one_of(st.text(max_size=200), _JSON_TRICKS, mutations))
     with store._db.engine.connect() as connection:
         with connection.begin():
-            connection.execute(audit_anchors.update().where(audit_anchors.c.id == anchor_id).values(heads=text))
+            connection.execute(
+                audit_anchors.update().where(audit_anchors.c.id == anchor_id).values(heads=text)
+            )
         report = VerifyReport()
         digest = anchor_digest(anchor_id, 0, [], [])
         heads, keys = _check_anchor(connection, (anchor_id, digest), report)
@@ -288,7 +300,9 @@ def test_a_dify_data_key_entry_parses_or_raises_the_documented_error(blob: bytes
     target=st.sampled_from(["openai", *DIFY_KEY_NAMES]),
     data=st.data(),
 )
-def test_dify_get_over_planted_bytes_raises_only_the_documented_error(target: str, data: st.DataObject) -> None:
+def test_dify_get_over_planted_bytes_raises_only_the_documented_error(
+    target: str, data: st.DataObject
+) -> None:
     storage = DictStorage()
     storage.data.update(DIFY_ENTRIES)
     storage.data[target] = data.draw(stored(DIFY_ENTRIES[target]))
