@@ -11,6 +11,7 @@ the ``fuzz`` profile (thousands of examples each).
 
 from __future__ import annotations
 
+import base64
 import inspect
 import json
 import os
@@ -47,9 +48,10 @@ from secure_kv.envelope import (
     unwrap_data_key,
     wrap_data_key,
 )
-from secure_kv.errors import AuthenticationError, InvalidInputError, UnsupportedVersionError
+from secure_kv.errors import AuthenticationError, InvalidInputError, MasterKeyError, UnsupportedVersionError
 from secure_kv.integrations import dify
 from secure_kv.keys import StaticMasterKey
+from secure_kv.keys.base import parse_master_key
 from secure_kv.schema import audit_anchors
 
 MASTER = StaticMasterKey(os.urandom(32))
@@ -136,6 +138,27 @@ def test_the_master_key_unwrap_raises_only_the_documented_error(
     wrapped: bytes, associated_data: bytes
 ) -> None:
     only(STORED_BYTES_ERRORS, lambda: KEK.unwrap(wrapped, associated_data))
+
+
+# --- the master key as text (environment, key file, keyring) ------------------------------
+
+KEY_TEXT = base64.urlsafe_b64encode(os.urandom(32)).decode()
+
+
+@given(
+    text=st.one_of(
+        st.text(max_size=80),
+        mutated(KEY_TEXT.encode()).map(lambda b: b.decode("latin-1")),
+    )
+)
+def test_a_master_key_text_parses_or_raises_master_key_error_without_echoing_it(text: str) -> None:
+    try:
+        key = parse_master_key(text, "SECURE_KV_MASTER_KEY")
+    except MasterKeyError as error:
+        assert len(text.strip()) < 12 or text.strip() not in str(error)  # longer: never echoed
+    else:
+        assert len(base64.urlsafe_b64decode("".join(text.split()) + "==")) == 32
+        assert key.kek_id
 
 
 # --- audit signing keys, retirement marks, signatures -------------------------------------
