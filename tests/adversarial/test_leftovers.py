@@ -275,3 +275,25 @@ def test_cli_output_holds_no_secret(tmp_path: Path) -> None:
     for _, run in runs:
         for stream in (run.stdout, run.stderr):
             assert not any(secret in stream for secret in spelled), run.args
+
+
+def test_a_reader_that_keeps_the_wal_busy_is_reported_and_a_second_shred_empties_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "store.db"
+    provider = StaticMasterKey(os.urandom(32))
+    secrets = Secrets(path)
+    with SecureStore.open(f"sqlite:///{path}", master_key=provider) as store:
+        store.workspace(VICTIM).set("k", MARKER)
+        secrets.collect(provider)
+        reader = sqlite3.connect(path)
+        try:
+            reader.execute("BEGIN")
+            reader.execute("SELECT count(*) FROM skv_records").fetchone()  # holds a snapshot
+            with caplog.at_level(logging.WARNING, logger="secure_kv"):
+                erasure.shred(store, VICTIM)
+            assert "kept the SQLite WAL busy" in caplog.text
+        finally:
+            reader.close()
+        erasure.shred(store, VICTIM)  # the operator's rerun, as the warning says
+        assert secrets.leaks(files_in(path.parent)) == []
