@@ -330,9 +330,26 @@ def test_dify_get_over_planted_bytes_raises_only_the_documented_error(
     storage.data.update(DIFY_ENTRIES)
     storage.data[target] = data.draw(stored(DIFY_ENTRIES[target]))
     reader = encrypted_storage(storage)
-    value = only(STORED_BYTES_ERRORS, lambda: reader.get("openai"))
+    # MasterKeyError: a data-key entry naming a kek_id the provider does not hold (documented).
+    value = only((*STORED_BYTES_ERRORS, MasterKeyError), lambda: reader.get("openai"))
     assert value is None or value == b"sk-0123456789abcdef"
     reader.exist("openai")  # reads the header only; never raises on planted bytes
+
+
+def test_a_planted_kek_id_is_shown_escaped() -> None:
+    """The kek_id in a Dify data-key entry is the attacker's text: it must not reach a
+    terminal or a log as control characters."""
+    storage = DictStorage()
+    storage.data.update(DIFY_ENTRIES)
+    name = next(name for name in DIFY_KEY_NAMES if "/dek-" in name)
+    _, _, wrapped = dify._parse_key_record(DIFY_ENTRIES[name])
+    kek = b"\x1b[2J\nforged"
+    header = DIFY_ENTRIES[name][:9]  # magic, format, key id
+    for planted in DIFY_KEY_NAMES:  # the named entry and the pointer's copy
+        storage.data[planted] = header + bytes([len(kek)]) + kek + wrapped
+    with pytest.raises(MasterKeyError) as raised:
+        encrypted_storage(storage).get("openai")
+    assert "\x1b" not in str(raised.value) and "\n" not in str(raised.value)
 
 
 def test_the_mutation_strategy_reaches_every_edit(tmp_path: Path) -> None:

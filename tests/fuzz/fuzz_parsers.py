@@ -23,7 +23,12 @@ with atheris.instrument_imports():
     from secure_kv import envelope
     from secure_kv.audit_keys import _Retired, _unwrap, verify_signature
     from secure_kv.audit_verify import parse_anchor
-    from secure_kv.errors import AuthenticationError, InvalidInputError, UnsupportedVersionError
+    from secure_kv.errors import (
+        AuthenticationError,
+        InvalidInputError,
+        MasterKeyError,
+        UnsupportedVersionError,
+    )
     from secure_kv.integrations import dify
 
 from tests.adversarial import test_parsers as fixtures
@@ -48,8 +53,8 @@ TARGETS: list[tuple[Callable[[bytes], Any], tuple[type[BaseException], ...]]] = 
     (lambda b: parse_anchor(b.decode("latin-1")), (InvalidInputError,)),
     (dify._parse_record, STORED),
     (dify._parse_key_record, STORED),
-    (lambda b: _dify_get(b, "openai"), STORED),
-    (lambda b: _dify_get(b, fixtures.DIFY_KEY_NAMES[0]), STORED),
+    (lambda b: _dify_get(b, "openai"), (*STORED, MasterKeyError)),
+    (lambda b: _dify_get(b, fixtures.DIFY_KEY_NAMES[0]), (*STORED, MasterKeyError)),
 ]
 SEEDS = [fixtures.SEALED, fixtures.WRAPPED, fixtures.WRAPPED_SEED, fixtures.DIFY_RECORD]
 
