@@ -17,7 +17,8 @@ Sections
              plain Core's table: per-op set and get of 100-byte values, and one 16 MiB
              value's set+get time and peak Python heap, as ratios secure_kv / peer.
     records  per-op set and get as the table grows from 1,000 to ``--records`` records,
-             loaded in bulk (set_many of sealed rows; executemany for plain Core).
+             loaded in bulk (set_many of sealed rows; executemany for plain Core and the
+             raw floor).
 
 Method (shared, noisy 2-core machines)
     * Ratios only within this run, never across runs; absolute times are shown for scale.
@@ -74,11 +75,13 @@ from bench._harness import (  # noqa: E402
     PostgresSchemas,
     Samples,
     SQLiteFiles,
+    clock,
     interleave,
     key_task,
     key_value_task,
     peak_python_bytes,
     quartiles,
+    use_cpu_clock,
 )
 from bench.systems import (  # noqa: E402
     AWS_CACHING,
@@ -191,10 +194,10 @@ def warm_up(systems: dict[str, KeyValue], keys: list[str], values: dict[str, lis
 
 def timed(operation: Callable[[], Any]) -> Callable[[int], float]:
     def run(n: int) -> float:
-        start = time.perf_counter()
+        start = clock()
         for _ in range(n):
             operation()
-        return time.perf_counter() - start
+        return clock() - start
 
     return run
 
@@ -221,6 +224,7 @@ def ops_section(database: Database, config: Config, rng: random.Random) -> dict[
             name: ratio(samples[f"{op}/{name}"], samples[f"{op}/{CORE}"]) for name in OPS_SYSTEMS
         }
         result[f"{op}_utils_over_secure"] = ratio(samples[f"{op}/{UTILS}"], samples[f"{op}/{SECURE}"])
+        result[f"{op}_vs_raw"] = ratio(samples[f"{op}/{SECURE}"], samples[f"{op}/{RAW}"])
     return result
 
 
@@ -320,50 +324,52 @@ def batch_section(database: Database, config: Config, rng: random.Random) -> dic
 
         def singles_set(n: int) -> float:
             batches = [items() for _ in range(n)]
-            start = time.perf_counter()
+            start = clock()
             for batch in batches:
                 for key, value in batch:
                     system.set(key, value)
-            return time.perf_counter() - start
+            return clock() - start
 
         def many_set(n: int) -> float:
             batches = [dict(items()) for _ in range(n)]
-            start = time.perf_counter()
+            start = clock()
             for batch in batches:
                 system.set_many(batch)
-            return time.perf_counter() - start
+            return clock() - start
 
         def singles_get(n: int) -> float:
-            start = time.perf_counter()
+            start = clock()
             for _ in range(n):
                 for key in keys:
                     system.get(key)
-            return time.perf_counter() - start
+            return clock() - start
 
         def many_get(n: int) -> float:
-            start = time.perf_counter()
+            start = clock()
             for _ in range(n):
                 if len(system.get_many(keys)) != BATCH:
                     raise AssertionError("get_many lost keys")
-            return time.perf_counter() - start
+            return clock() - start
 
         def floor_set(n: int) -> float:
             batches = [items() for _ in range(n)]
-            start = time.perf_counter()
+            start = clock()
             for batch in batches:
                 floor.set_many(batch)
-            return time.perf_counter() - start
+            return clock() - start
 
         def floor_get(n: int) -> float:
-            start = time.perf_counter()
+            start = clock()
             for _ in range(n):
                 if len(floor.get_many(keys)) != BATCH:
                     raise AssertionError("the floor's get_many lost keys")
-            return time.perf_counter() - start
+            return clock() - start
 
         try:
             system.set_many(dict(items()))
             floor.set_many(items())
+            system.get_many(keys)  # compiles its IN-list statements before any clock runs
+            floor.get_many(keys)
             tasks = {
                 "set x1000": singles_set,
                 "set_many": many_set,
@@ -461,7 +467,7 @@ def records_section(database: Database, config: Config, rng: random.Random) -> d
     levels = [n for n in RECORD_LEVELS if n <= config.records]
     if not levels or levels[-1] != config.records:
         levels.append(config.records)
-    names = (SECURE, CORE)
+    names = (SECURE, CORE, RAW)
     result: dict[str, Any] = {"counts": levels, "set": {n: [] for n in names}, "get": {n: [] for n in names}}
     value = rng.randbytes(VALUE_BYTES)
     values = [rng.randbytes(VALUE_BYTES) for _ in range(VALUE_POOL)]
@@ -513,7 +519,10 @@ def show(database: str, name: str, r: dict[str, Any]) -> None:
                 for s in OPS_SYSTEMS
             )
             print(f"  {op}: {line}")
-            print(f"       sqlalchemy-utils / secure_kv = {r[f'{op}_utils_over_secure']['ratio']:.1f}x")
+            print(
+                f"       sqlalchemy-utils / secure_kv = {r[f'{op}_utils_over_secure']['ratio']:.1f}x, "
+                f"secure_kv / raw + AES-GCM = {r[f'{op}_vs_raw']['ratio']:.2f}x"
+            )
     elif name == "big":
         print(
             f"  16 MiB set+get: secure_kv {r['time'][SECURE]['median'] * 1e3:.0f} ms, plain Core "
@@ -612,6 +621,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, help="random seed for values and block order")
     parser.add_argument("--profile", action="store_true", help="cProfile secure_kv set/get/get_many and exit")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="cpu: time SQLite by the thread's CPU time, robust to a busy machine (PostgreSQL: always wall)",
+    )
     args = parser.parse_args(argv)
 
     for name in list(os.environ):  # the developer's settings must not change what is measured
@@ -654,6 +669,8 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(database, PostgresSchemas):
             env["postgresql"] = database.version
         found: dict[str, Any] = {}
+        use_cpu_clock(args.clock == "cpu" and database.name == "sqlite")
+        found["clock"] = "cpu" if args.clock == "cpu" and database.name == "sqlite" else "wall"
         try:
             for section in sections:
                 print(f"  [{section}]", flush=True)

@@ -309,6 +309,19 @@ class RawAesGcm(KeyValue):
         sealed = memoryview(row[0])
         return self.aead.decrypt(sealed[:12], sealed[12:], key.encode())
 
+    def bulk_load(self, items: list[tuple[str, bytes]]) -> None:
+        rows = []
+        for key, value in items:
+            nonce = os.urandom(12)
+            rows.append((NAMESPACE, key, nonce + self.aead.encrypt(nonce, value, key.encode())))
+        if isinstance(self.connection, sqlite3.Connection):
+            self.cursor.execute("BEGIN")
+            self.cursor.executemany(self.insert_sql, rows)
+            self.cursor.execute("COMMIT")
+        else:
+            with self.connection.transaction():
+                self.cursor.executemany(self.insert_sql, rows)
+
     def close(self) -> None:
         self.connection.close()
 
