@@ -219,6 +219,10 @@ class PostgresSchemas(Database):
         self.admin.dispose()
 
 
+# secure_kv's memory map of an SQLite file (secure_kv.database.SQLITE_MMAP_BYTES).
+SQLITE_MMAP_BYTES = 256 * 1024 * 1024
+
+
 def sqlite_pragmas(engine: sa.Engine) -> None:
     """secure_kv's SQLite pragmas for a baseline's engine (minus foreign keys: baseline
     tables have none), so both sides of a ratio run with the same settings."""
@@ -229,4 +233,5 @@ def sqlite_pragmas(engine: sa.Engine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA mmap_size={SQLITE_MMAP_BYTES}")
         cursor.close()

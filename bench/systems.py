@@ -86,7 +86,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import orm
 from sqlalchemy.dialects import postgresql, sqlite
 
-from bench._harness import sqlite_pragmas
+from bench._harness import SQLITE_MMAP_BYTES, sqlite_pragmas
 from secure_kv import SecureStore
 from secure_kv.keys import StaticMasterKey
 
@@ -272,6 +272,7 @@ class RawAesGcm(KeyValue):
             self.connection: Any = sqlite3.connect(parsed.database or "", isolation_level=None)
             self.connection.execute("PRAGMA journal_mode=WAL")
             self.connection.execute("PRAGMA synchronous=NORMAL")
+            self.connection.execute(f"PRAGMA mmap_size={SQLITE_MMAP_BYTES}")
             placeholder, blob = "?", "BLOB"
         else:
             import psycopg
