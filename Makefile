@@ -34,12 +34,14 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 
 # The full suite takes 10-15 minutes on a 2-core machine (BENCH_ARGS=--quick: a few);
 # suite.py writes bench/results.json, the tables in docs/performance.md and
-# docs/performance.png; the floors, rotation and audit benchmarks print their ratios.
+# docs/performance.png; the floors, rotation and audit benchmarks print their ratios;
+# bench_cli.py times the command itself (start-up, audit report and list over 100,000 records).
 bench: $(BENCH_STAMP)
 	$(BIN)/python bench/suite.py $(BENCH_ARGS)
 	$(BIN)/python bench/bench_floors.py
 	$(BIN)/python bench/bench_rotation.py
 	$(BIN)/python bench/bench_audit.py
+	$(BIN)/python bench/bench_cli.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info

@@ -7,9 +7,24 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .categories import Category
-from .store import SecureStore, Workspace
+
+if TYPE_CHECKING:
+    from .store import SecureStore, Workspace
 
 __all__ = ["Category", "SecureStore", "Workspace", "__version__"]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    """``SecureStore`` and ``Workspace`` are imported on first use, so that the
+    ``secure-kv`` command starts without SQLAlchemy when it does not need it (``--help``).
+    """
+    if name in ("SecureStore", "Workspace"):
+        from . import store
+
+        return getattr(store, name)
+    raise AttributeError(f"module 'secure_kv' has no attribute {name!r}")

@@ -1,3 +1,3 @@
 from secure_kv.cli import main
 
-main()
+main(prog_name="secure-kv")

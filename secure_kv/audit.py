@@ -7,8 +7,14 @@ A chain whose last append has an unknown outcome (an error after the INSERT was 
 never used again; a new one is leased. Forked children drop their parent's chains.
 
 Events written inside a caller's SQLAlchemy transaction (admin operations) go to a chain
-whose head lives in its row, read ``FOR UPDATE`` and updated in that same transaction, so
-a rollback undoes the event and the head together.
+whose row is read ``FOR UPDATE`` in that same transaction (so a rollback undoes the event,
+and threads take turns). The next event links to the head this process wrote, never to a
+head read from the database: a tail cut off the chain leaves a gap that ``audit verify``
+names, instead of being spliced over (see :meth:`AuditLog.record_in`).
+
+After ``secure-kv rotate master`` replaces the signing key, a store notices within a
+minute (when its provider's current master key is not the one that wraps its signing key)
+and signs new chains with the new key.
 
 Every event is signed (Ed25519) when written: the head of every chain is always signed,
 with no unsigned tail for someone with write access to rewrite. docs/compliance.md gives
@@ -20,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -27,16 +34,16 @@ import sqlalchemy as sa
 from sqlalchemy.engine.interfaces import DBAPIConnection
 
 from .audit_events import Event, event_digest, genesis_digest
-from .audit_keys import SigningKey, load_signing_key, rewrap_signing_keys
+from .audit_keys import SigningKey, load_signing_key
 from .audit_statements import AuditStatements
 from .database import Database
 from .datakeys import now_micros
 from .errors import StorageError
 from .keys.base import MasterKeyProvider
-from .schema import audit_chains, audit_events
+from .schema import audit_chains, audit_checkpoints, audit_events
 from .settings import AuditWrites, Settings
 
-__all__ = ["Appender", "AuditLog", "rewrap_signing_keys"]
+__all__ = ["Appender", "AuditLog"]
 
 log = logging.getLogger("secure_kv.audit")
 
@@ -44,6 +51,9 @@ T = TypeVar("T")
 
 # Idle chains a store keeps for reuse; more are created when more threads append at once.
 _MAX_IDLE_CHAINS = 32
+# How often a store whose signing key is wrapped by an older master key looks for the key
+# that `rotate master` created (providers pick a new master key up on the same scale).
+_SIGNER_RECHECK_SECONDS = 60.0
 
 _fork_generation = 0
 
@@ -59,13 +69,14 @@ if hasattr(os, "register_at_fork"):
 
 
 class _Chain:
-    __slots__ = ("digest", "generation", "id", "reusable", "seq", "signing_key_id")
+    __slots__ = ("digest", "generation", "id", "reusable", "seq", "signer", "signing_key_id")
 
-    def __init__(self, chain_id: int, signing_key_id: int) -> None:
+    def __init__(self, chain_id: int, signer: SigningKey) -> None:
         self.id = chain_id
-        self.signing_key_id = signing_key_id
+        self.signer = signer
+        self.signing_key_id = signer.id
         self.seq = 0
-        self.digest = genesis_digest(chain_id, signing_key_id)
+        self.digest = genesis_digest(chain_id, signer.id)
         self.generation = _fork_generation
         self.reusable = True
 
@@ -92,7 +103,7 @@ class Appender:
         seq, previous = self._pending if self._pending is not None else (chain.seq, chain.digest)
         seq += 1
         digest = event_digest(chain.id, seq, previous, event)
-        signature = self._log.signer().sign(digest)
+        signature = chain.signer.sign(digest)
         values = (
             chain.id,
             seq,
@@ -136,19 +147,52 @@ class AuditLog:
         self._signer: SigningKey | None = None
         self._lock = threading.Lock()
         self._idle: list[_Chain] = []
+        self._signer_checked = 0.0
+        # The admin chain (record_in): its id, the head this process last wrote to it and the
+        # transaction that wrote it, and the last head it saw committed.
         self._locked_chain_id: int | None = None
+        self._admin_written: tuple[int, bytes] | None = None
+        self._admin_committed: tuple[int, bytes] | None = None
+        self._admin_transaction: Any = None
 
     # --- keys and chains ---------------------------------------------------------------
 
     def signer(self) -> SigningKey:
         """The signing key, loaded (or created) on first use."""
         signer = self._signer
-        if signer is None:
+        if signer is None or self._stale(signer):
             with self._lock:
-                if self._signer is None:
-                    self._signer = load_signing_key(self._db, self._provider, now_micros())
+                if self._signer is None or self._signer is signer:
+                    try:
+                        self._signer = load_signing_key(self._db, self._provider, now_micros())
+                    except Exception as error:
+                        if signer is None:
+                            raise
+                        # Moving to the new key can wait for the next look; events cannot.
+                        log.error("the new audit signing key cannot be loaded yet: %s", _first_line(error))
+                        self._signer = signer
+                    self._signer_checked = time.monotonic()
                 signer = self._signer
+        assert signer is not None
         return signer
+
+    def _stale(self, signer: SigningKey) -> bool:
+        """Whether to look again for the signing key: rarely, and only while the current
+        master key is not the one wrapping the key in use (``rotate master`` then replaces it)."""
+        if time.monotonic() - self._signer_checked < _SIGNER_RECHECK_SECONDS:
+            return False
+        try:
+            stale = self._provider.current_key().kek_id != signer.kek_id
+        except Exception:  # the provider is unreachable: keep signing with the key in hand
+            stale = False
+        self._signer_checked = time.monotonic()
+        return stale
+
+    def signing_keys_replaced(self) -> None:
+        """Drop the signing key and idle chains: the next event uses the key now current."""
+        with self._lock:
+            self._signer = None
+            self._idle.clear()
 
     def prepare(self) -> None:
         """Load (or create) the signing key now, outside any caller's transaction.
@@ -163,21 +207,21 @@ class AuditLog:
             log.error("the audit signing key cannot be loaded: %s", _first_line(error))
 
     def _lease(self) -> _Chain:
+        signer = self.signer()
         with self._lock:
             while self._idle:
                 chain = self._idle.pop()
-                if chain.generation == _fork_generation:
+                if chain.generation == _fork_generation and chain.signer is signer:
                     return chain
-        signer = self.signer()
         with self._db.connect() as connection, connection.begin():
             result = connection.execute(
                 audit_chains.insert().values(signing_key_id=signer.id, created_at=now_micros())
             )
             chain_id = int(_first_key(result))
-        return _Chain(chain_id, signer.id)
+        return _Chain(chain_id, signer)
 
     def _release(self, chain: _Chain) -> None:
-        if not chain.reusable or chain.generation != _fork_generation:
+        if not chain.reusable or chain.generation != _fork_generation or chain.signer is not self._signer:
             return
         with self._lock:
             if len(self._idle) < _MAX_IDLE_CHAINS:
@@ -251,8 +295,11 @@ class AuditLog:
     def record_in(self, connection: sa.Connection, event: Event) -> None:
         """Write ``event`` inside the caller's transaction on ``connection`` (SQLAlchemy).
 
-        The chain's head is read with a row lock and updated in that transaction, so the event
-        commits or rolls back with the caller's change.
+        The chain's row is locked in that transaction, so the event commits or rolls back
+        with the caller's change. The event links to the head this process last wrote
+        (checked against the stored chain, to tell a rolled-back transaction from a cut
+        tail), never to the ``head_seq``/``head_digest`` hint in the row, which anyone with
+        write access could set back over deleted events.
         """
         signer = self.signer()
         table = audit_chains
@@ -260,13 +307,15 @@ class AuditLog:
         row = None
         if chain_id is not None:
             row = connection.execute(
-                sa.select(table.c.head_seq, table.c.head_digest, table.c.signing_key_id)
-                .where(table.c.id == chain_id)
-                .with_for_update()
+                sa.select(table.c.signing_key_id).where(table.c.id == chain_id).with_for_update()
             ).first()
-        if row is None or row[2] != signer.id:
-            # First use, or the transaction that created our chain was rolled back: a new
-            # chain, created in this transaction so that it is locked by it.
+        transaction = connection.get_transaction()
+        head = None
+        if chain_id is not None and row is not None and row[0] == signer.id:
+            head = self._admin_head(connection, chain_id, transaction)
+        if chain_id is None or head is None:
+            # First use, the transaction that created our chain was rolled back, or a new
+            # signing key: a new chain, created in this transaction so that it is locked by it.
             result = connection.execute(
                 table.insert().values(
                     signing_key_id=signer.id, created_at=event.occurred_at, head_seq=0, head_digest=None
@@ -274,11 +323,10 @@ class AuditLog:
             )
             chain_id = int(_first_key(result))
             self._locked_chain_id = chain_id
+            self._admin_committed = None
             seq, previous = 0, genesis_digest(chain_id, signer.id)
         else:
-            seq = int(row[0] or 0)
-            previous = bytes(row[1]) if row[1] is not None else genesis_digest(int(chain_id), signer.id)  # type: ignore[arg-type]
-        assert chain_id is not None
+            seq, previous = head
         seq += 1
         digest = event_digest(chain_id, seq, previous, event)
         connection.execute(
@@ -301,6 +349,41 @@ class AuditLog:
         connection.execute(
             table.update().where(table.c.id == chain_id).values(head_seq=seq, head_digest=digest)
         )
+        self._admin_written = (seq, digest)
+        self._admin_transaction = transaction
+
+    def _admin_head(
+        self, connection: sa.Connection, chain_id: int, transaction: Any
+    ) -> tuple[int, bytes] | None:
+        """Where the next admin event links: the head this process wrote, or, if the
+        transaction that wrote it rolled back, the head before it (``None``: a new chain)."""
+        written = self._admin_written
+        if written is None:
+            return None
+        if transaction is not None and transaction is self._admin_transaction and transaction.is_active:
+            return written  # the same transaction: our own head, not yet committed
+        e, c = audit_events.c, audit_checkpoints.c
+        stored = connection.execute(
+            sa.select(e.seq, e.digest).where(e.chain_id == chain_id).order_by(e.seq.desc()).limit(1)
+        ).first()
+        if stored is None:
+            stored = connection.execute(
+                sa.select(c.seq, c.digest).where(c.chain_id == chain_id)
+            ).first()  # pruned up to its head
+        found = None if stored is None else (int(stored[0]), bytes(stored[1]))
+        if found == written:
+            self._admin_committed = written
+            return written
+        if found is not None and found == self._admin_committed:
+            return found  # our last transaction rolled back
+        log.error(
+            "audit chain %s no longer ends at event %s that this process wrote (its tail was cut "
+            "or replaced): the next event follows event %s, and `secure-kv audit verify` names the gap",
+            chain_id,
+            written[0],
+            written[0],
+        )
+        return written
 
     def record_or_log(self, event: Event) -> None:
         """Write ``event``; if it cannot be written, log it (for failures being reported anyway)."""

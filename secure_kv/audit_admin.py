@@ -2,6 +2,10 @@
 
 Listing needs no secret. Taking an anchor and pruning record an event of their own, and
 pruning signs a checkpoint where it cuts, so they need the master key (through the store).
+
+Both trust only signing keys that authenticate under the master key: a key row and a chain
+added by someone with write access are never pinned by an anchor, and never pruned (a
+prune would sign a real checkpoint over them and erase the evidence).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from .audit_events import anchor_digest, checkpoint_message, event_digest, genesis_digest
-from .audit_keys import public_keys, verify_signature
+from .audit_keys import trusted_signing_keys, verify_signature
 from .audit_verify import ANCHOR_PREFIX, _event_from_row, _stream
 from .database import Database
 from .datakeys import now_micros
@@ -103,6 +107,8 @@ class Anchor:
     digest: bytes
     chains: int
     events: int
+    #: signing keys not pinned (and their chains left out), because they do not authenticate
+    untrusted: tuple[str, ...] = ()
 
     @property
     def text(self) -> str:
@@ -110,7 +116,13 @@ class Anchor:
 
 
 def take_anchor(store: SecureStore) -> Anchor:
-    """Record every chain's head and the signing keys; return the digest to keep outside."""
+    """Record every chain's head and the signing keys; return the digest to keep outside.
+
+    Only signing keys that authenticate under the master key are pinned, with the heads of
+    their chains; any other key (planted, altered, or under a master key the provider does
+    not hold) is left out with its chains and listed in :attr:`Anchor.untrusted`, so a
+    later ``audit verify --chain-only --anchor`` reports them instead of trusting them.
+    """
     database = store._db
     e, c = audit_events.c, audit_checkpoints.c
     heads_query = sa.select(e.chain_id, e.seq, e.digest).join_from(
@@ -127,7 +139,22 @@ def take_anchor(store: SecureStore) -> Anchor:
         }
         for chain, seq, digest in connection.execute(sa.select(c.chain_id, c.seq, c.digest)):
             heads.setdefault(int(chain), (int(seq), bytes(digest)))
-        keys = public_keys(connection)
+        trusted = trusted_signing_keys(connection, store._provider)
+        keys = trusted.public
+        chain_keys = {
+            int(chain): int(key_id)
+            for chain, key_id in connection.execute(
+                sa.select(audit_chains.c.id, audit_chains.c.signing_key_id)
+            )
+        }
+        untrusted = [f"audit signing key {p.key_id}: {p.problem}" for p in trusted.problems]
+        for chain in sorted(heads):
+            if chain_keys.get(chain) not in keys:
+                untrusted.append(
+                    f"chain {chain}: its signing key {chain_keys.get(chain)} is missing or not "
+                    "trusted; not anchored"
+                )
+                del heads[chain]
         listed = [(chain, seq, digest) for chain, (seq, digest) in sorted(heads.items())]
         text = json.dumps(
             {
@@ -147,9 +174,11 @@ def take_anchor(store: SecureStore) -> Anchor:
         store._record_event(
             "audit.anchor",
             connection=connection,
-            detail=f"anchor {anchor_id}: {len(listed)} chains, {events} events",
+            detail=f"anchor {anchor_id}: {len(listed)} chains, {events} events"
+            + (f"; left out {len(untrusted)} untrusted keys and chains" if untrusted else ""),
+            outcome="ok" if not untrusted else "partial",
         )
-    return Anchor(anchor_id, now, digest, len(listed), events)
+    return Anchor(anchor_id, now, digest, len(listed), events, tuple(untrusted))
 
 
 @dataclass(frozen=True)
@@ -177,7 +206,7 @@ def prune(store: SecureStore, before: int) -> PruneReport:
                 sa.select(e.chain_id).where(e.occurred_at < before).group_by(e.chain_id).order_by(e.chain_id)
             )
         ]
-        keys = public_keys(connection)
+        keys = trusted_signing_keys(connection, store._provider).public
         chain_keys = {
             int(chain): int(key_id)
             for chain, key_id in connection.execute(
@@ -240,10 +269,25 @@ def _check_segment(
     checkpoint: Any,
     cut: int,
 ) -> bytes:
-    """Walk events up to ``cut``: links, positions and the signature at the cut. Returns its digest."""
+    """Walk events up to ``cut``: links, positions and the signature at the cut. Returns its digest.
+
+    ``keys`` holds only the trusted signing keys, so a chain signed by a planted key fails
+    here; a previous checkpoint counts only if its signature holds under a trusted key.
+    """
     if key_id is None or key_id not in keys:
-        raise AuthenticationError("its chain or signing key record is missing")
+        raise AuthenticationError(
+            "its chain record is missing, or its signing key is missing or does not authenticate "
+            "under the master key"
+        )
     if checkpoint is not None:
+        checkpoint_key = keys.get(int(checkpoint.signing_key_id))
+        message = checkpoint_message(
+            chain, int(checkpoint.seq), bytes(checkpoint.digest), int(checkpoint.created_at)
+        )
+        if checkpoint_key is None or not verify_signature(
+            checkpoint_key, bytes(checkpoint.signature), message
+        ):
+            raise AuthenticationError("its prune checkpoint's signature is invalid (forged or edited)")
         seq, previous = int(checkpoint.seq), bytes(checkpoint.digest)
     else:
         seq, previous = 0, genesis_digest(chain, key_id)

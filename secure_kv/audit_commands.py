@@ -18,11 +18,12 @@ import sqlalchemy as sa
 from .audit_admin import Anchor, PruneReport, iter_events, prune, take_anchor
 from .audit_verify import Progress, VerifyReport, verify
 from .database import Database
+from .display import shown, shown_message
 from .errors import MasterKeyError
 from .keys import MasterKeyProvider, provider_from_settings
 from .migrate import ensure_schema
-from .report import REPORT_FIELDS, ReportSummary, iter_report
-from .schema import records, workspaces
+from .report import REPORT_FIELDS, ReportSummary, iter_report_rows
+from .schema import audit_events, data_keys, records, workspaces
 from .settings import Settings, load_settings
 from .store import SecureStore
 
@@ -98,27 +99,46 @@ def audit_report(
                     sa.select(workspaces.c.id).where(workspaces.c.name == workspace.encode("utf-8"))
                 )
             on_total(_count(database, records, where))
-        rows = iter_report(database, summary, workspace=workspace, max_age_days=settings.dek_max_age_days)
+        rows = iter_report_rows(
+            database, summary, workspace=workspace, max_age_days=settings.dek_max_age_days
+        )
+        if on_row is not None:
+            rows = _counting(rows, on_row)
         if fmt == "csv":
-            writer = csv.DictWriter(out, fieldnames=REPORT_FIELDS, lineterminator="\n")
-            writer.writeheader()
-            for number, row in enumerate(rows, 1):
-                writer.writerow(row)
-                if on_row is not None and number % 1000 == 0:
-                    on_row(number)
+            # RFC 4180 line ends: with "\n" alone, csv leaves a field holding a bare "\r"
+            # unquoted, and a name with one would split its row for every reader.
+            writer = csv.writer(out, lineterminator="\r\n")
+            writer.writerow(REPORT_FIELDS)
+            writer.writerows(rows)
         else:
-            _write_json_array(out, rows, on_row)
+            encode = json.JSONEncoder(ensure_ascii=False).encode
+            _write_json_array(out, (dict(zip(REPORT_FIELDS, row, strict=True)) for row in rows), None, encode)
     if on_row is not None:
         on_row(summary.records)
     return summary
 
 
-def _write_json_array(out: TextIO, rows: Iterator[dict[str, Any]], on_row: RowCounter | None) -> int:
+def _counting(rows: Iterator[tuple[Any, ...]], on_row: RowCounter) -> Iterator[tuple[Any, ...]]:
+    """``rows`` unchanged, calling ``on_row(done)`` every 1,000 rows (for a progress bar)."""
+    number = 0
+    for number, row in enumerate(rows, 1):
+        yield row
+        if number % 1000 == 0:
+            on_row(number)
+
+
+def _write_json_array(
+    out: TextIO,
+    rows: Iterator[dict[str, Any]],
+    on_row: RowCounter | None,
+    encode: Callable[[Any], str] | None = None,
+) -> int:
+    encode = encode or (lambda row: json.dumps(row, ensure_ascii=False))
     out.write("[")
     number = 0
     for number, row in enumerate(rows, 1):
         out.write(",\n  " if number > 1 else "\n  ")
-        out.write(json.dumps(row, ensure_ascii=False))
+        out.write(encode(row))
         if on_row is not None and number % 1000 == 0:
             on_row(number)
     out.write("\n]\n" if number else "]\n")
@@ -132,11 +152,13 @@ def audit_verify(
     chain_only: bool = False,
     master_key: MasterKeyProvider | None = None,
     progress: Progress | None = None,
+    on_totals: Callable[[dict[str, int]], None] | None = None,
 ) -> VerifyReport:
     """Authenticate every record and data key and walk the audit chain.
 
     ``chain_only`` checks the chain alone, with the public keys and no secret (an auditor).
-    Otherwise the master key is required.
+    Otherwise the master key is required. ``on_totals`` receives how many records, data
+    keys and events the phases will check (for a progress bar), before they start.
     """
     settings = settings if settings is not None else load_settings()
     provider: MasterKeyProvider | None = None
@@ -144,6 +166,14 @@ def audit_verify(
         provider = master_key if master_key is not None else provider_from_settings(settings)
         _record_admin(settings, provider, "audit.verify", f"anchor {'given' if anchor else 'none'}")
     with _read_only(settings) as database:
+        if on_totals is not None:
+            on_totals(
+                {
+                    "events": _count(database, audit_events),
+                    "data keys": _count(database, data_keys),
+                    "records": _count(database, records),
+                }
+            )
         return verify(database, provider, anchor=anchor, progress=progress)
 
 
@@ -174,19 +204,27 @@ def audit_log(
 
 
 def format_event(event: dict[str, Any]) -> str:
-    """One event as a line of text."""
+    """One event as a line of text. Names are shown with non-printable characters escaped
+    (:func:`~secure_kv.display.shown`): a name cannot add a line, or hide or restyle text.
+    """
     where = ""
     if event["workspace"] is not None:
-        where = event["workspace"] + ("/" + event["key"] if event["key"] is not None else "")
+        where = shown(event["workspace"]) + ("/" + shown(event["key"]) if event["key"] is not None else "")
     extra = []
     if event["category"]:
         extra.append(event["category"])
     if event["dek_version"] is not None:
         extra.append(f"dek v{event['dek_version']}")
-    parts = [event["time"], event["actor"], event["action"], where, f"[{', '.join(extra)}]" if extra else ""]
+    parts = [
+        event["time"],
+        shown(event["actor"]),
+        event["action"],
+        where,
+        f"[{', '.join(extra)}]" if extra else "",
+    ]
     parts.append(event["outcome"])
     if event["detail"]:
-        parts.append(f"({event['detail']})")
+        parts.append(f"({shown_message(event['detail'])})")
     return " ".join(part for part in parts if part)
 
 

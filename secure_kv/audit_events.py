@@ -32,6 +32,7 @@ __all__ = [
     "checkpoint_message",
     "event_digest",
     "genesis_digest",
+    "retired_chains_digest",
 ]
 
 DIGEST_BYTES = 32
@@ -43,6 +44,7 @@ _EVENT_LABEL = b"secure_kv/v1/audit-event"
 _GENESIS_LABEL = b"secure_kv/v1/audit-genesis"
 _CHECKPOINT_LABEL = b"secure_kv/v1/audit-checkpoint"
 _ANCHOR_LABEL = b"secure_kv/v1/audit-anchor"
+_RETIRED_LABEL = b"secure_kv/v1/audit-retired-chains"
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _I64 = struct.Struct(">q")
@@ -151,4 +153,15 @@ def anchor_digest(
     parts.append(_U32.pack(len(public_keys)))
     for key_id, public in sorted(public_keys):
         parts += [_U64.pack(key_id), bytes(public)]
+    return hashlib.sha256(b"".join(parts)).digest()
+
+
+def retired_chains_digest(key_id: int, heads: list[tuple[int, int, bytes]]) -> bytes:
+    """What a retired signing key's mark holds: the head of every chain it signed, when it
+    was retired. Pruning keeps heads (a checkpoint at the head), so this never changes
+    afterwards; an event signed with the retired seed later (by whoever unwrapped it with a
+    leaked master key) changes it."""
+    parts = [_RETIRED_LABEL, _U64.pack(key_id), _U32.pack(len(heads))]
+    for chain_id, seq, digest in sorted(heads):
+        parts += [_POSITION.pack(chain_id, seq), bytes(digest)]
     return hashlib.sha256(b"".join(parts)).digest()

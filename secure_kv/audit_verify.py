@@ -13,6 +13,13 @@ What each check finds is listed in docs/compliance.md. In short, per chain:
   digest, so a cut tail or a removed chain is found, and the signing keys' public halves are
   pinned.
 
+Signatures count only under a trusted signing key: one whose row authenticates under the
+master key, or that the anchor pinned (:func:`~secure_kv.audit_keys.trusted_signing_keys`).
+A chain signed by any other key is reported, never passed: someone with write access can
+add a key row and a chain signed by it. Without both the master key and an anchor (the
+auditor's ``--chain-only`` with no anchor), the keys in the table are used unproven, and
+the report says so.
+
 Memory stays constant: events and records are streamed in key order.
 """
 
@@ -27,7 +34,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from .audit_events import Event, anchor_digest, checkpoint_message, event_digest, genesis_digest
-from .audit_keys import authenticate_signing_keys, public_keys, verify_signature
+from .audit_keys import trusted_signing_keys, verify_signature
 from .categories import CATEGORY_CODES, Category
 from .database import Database
 from .envelope import DataKey, open_value, parse_header, record_context, unwrap_data_key
@@ -109,18 +116,24 @@ def verify(
     tick = progress or (lambda phase, count: None)
     anchored = parse_anchor(anchor) if anchor is not None else None
     with database.connect() as connection:
-        keys = public_keys(connection)
-        report.signing_keys = len(keys)
-        if provider is not None:
-            for problem in authenticate_signing_keys(connection, provider):
-                report.fail(f"audit signing key {problem.key_id}", problem.problem)
-        elif anchored is None:
+        pinned, pinned_keys = (
+            _check_anchor(connection, anchored, report) if anchored is not None else (None, None)
+        )
+        trusted = trusted_signing_keys(connection, provider, pinned_keys)
+        report.signing_keys = len(trusted.stored)
+        for key_id, public in sorted((pinned_keys or {}).items()):
+            if trusted.stored.get(key_id) != public:
+                report.fail(
+                    f"audit signing key {key_id}", "its public key differs from the anchored one (replaced)"
+                )
+        for problem in trusted.problems:
+            report.fail(f"audit signing key {problem.key_id}", problem.problem)
+        if provider is None and anchored is None:
             report.notes.append(
                 "signing keys were taken from the database without authentication: give the master "
                 "key, or pin them with --anchor"
             )
-        pinned = _check_anchor(connection, anchored, keys, report) if anchored is not None else None
-    _verify_chains(database, keys, pinned, report, tick)
+    _verify_chains(database, trusted.public, pinned, report, tick)
     if provider is not None:
         _verify_data_keys(database, provider, report, tick)
         _verify_records(database, provider, report, tick)
@@ -133,15 +146,17 @@ def verify(
 
 
 def _check_anchor(
-    connection: sa.Connection, anchored: tuple[int, bytes], keys: dict[int, bytes], report: VerifyReport
-) -> dict[int, tuple[int, bytes]]:
+    connection: sa.Connection, anchored: tuple[int, bytes], report: VerifyReport
+) -> tuple[dict[int, tuple[int, bytes]], dict[int, bytes]]:
+    """The anchored heads and signing keys, once the anchor record matches the line kept
+    outside; nothing pinned if it does not (then the failure is reported)."""
     anchor_id, expected = anchored
     row = connection.execute(
         sa.select(audit_anchors.c.created_at, audit_anchors.c.heads).where(audit_anchors.c.id == anchor_id)
     ).first()
     if row is None:
         report.fail(f"anchor {anchor_id}", "its record is missing from skv_audit_anchors (deleted)")
-        return {}
+        return {}, {}
     created_at, text = row
     try:
         data = json.loads(text)
@@ -149,16 +164,11 @@ def _check_anchor(
         pinned_keys = [(int(k), bytes.fromhex(p)) for k, p in data["keys"]]
     except (ValueError, KeyError, TypeError):
         report.fail(f"anchor {anchor_id}", "its record is malformed (edited)")
-        return {}
+        return {}, {}
     if anchor_digest(anchor_id, int(created_at), heads, pinned_keys) != expected:
         report.fail(f"anchor {anchor_id}", "its record does not match the anchor kept outside (edited)")
-        return {}
-    for key_id, public in pinned_keys:
-        if keys.get(key_id) != public:
-            report.fail(
-                f"audit signing key {key_id}", "its public key differs from the anchored one (replaced)"
-            )
-    return {chain: (seq, digest) for chain, seq, digest in heads}
+        return {}, {}
+    return {chain: (seq, digest) for chain, seq, digest in heads}, dict(pinned_keys)
 
 
 # --- chains ---------------------------------------------------------------------------
@@ -261,7 +271,11 @@ def _start_chain(
         )
     public = keys.get(key_id) if key_id is not None else None
     if key_id is not None and public is None:
-        report.fail(f"chain {chain_id}", f"its signing key {key_id} is missing (deleted)")
+        report.fail(
+            f"chain {chain_id}",
+            f"its signing key {key_id} is missing or not trusted (deleted, or planted): "
+            "its events are not verified",
+        )
     checkpoint = checkpoints.get(chain_id)
     if checkpoint is not None:
         return _ChainState(chain_id, public, key_id, int(checkpoint.seq) + 1, bytes(checkpoint.digest))

@@ -191,6 +191,7 @@ def status(
             previous_kek_ids=previous,
             master_key_problem=problem,
             dek_max_age_days=settings.dek_max_age_days,
+            rotation_events=ROTATION_EVENT,
         )
     finally:
         database.close()
@@ -246,13 +247,39 @@ def rotate_workspaces(
     if batch_size < 1:
         raise InvalidInputError("the batch size must be at least 1")
     with _open(settings, master_key) as store:
-        report = rotation.rotate_workspaces(store, workspaces, batch_size=batch_size, progress=progress)
+        one = workspaces[0] if workspaces is not None and len(workspaces) == 1 else None
+        if one is not None:
+            inventory.check_workspace_exists(store._db, check_workspace_name(one), one)
+        # "started" and "interrupted" events let `status` tell a running rotation from an
+        # interrupted one (see inventory.rotation_state).
+        store._record_event(ROTATION_EVENT, workspace=one, outcome="started")
+        try:
+            report = rotation.rotate_workspaces(store, workspaces, batch_size=batch_size, progress=progress)
+        except KeyboardInterrupt:
+            _record_interrupted(store, workspaces)
+            raise
         store._record_event(
-            "admin.rotate_workspace",
+            ROTATION_EVENT,
             outcome="ok" if not report.failed else "incomplete",
             detail=f"{len(report.rotations)} rotated ({report.records} records), {len(report.failed)} failed",
         )
         return report
+
+
+ROTATION_EVENT = "admin.rotate_workspace"
+
+
+def _record_interrupted(store: SecureStore, names: list[str] | None) -> None:
+    """Record, for each workspace left with two live data keys, that its rotation was
+    interrupted (best effort: the interrupt is what the user must hear about).
+    """
+    try:
+        wanted = None if names is None else {check_workspace_name(name) for name in names}
+        for name in inventory.workspaces_mid_rotation(store._db):
+            if wanted is None or name.encode("utf-8") in wanted:
+                store._record_event(ROTATION_EVENT, workspace=name, outcome="interrupted")
+    except Exception:  # never hide the interrupt behind a follow-up failure
+        return
 
 
 def shred(
@@ -311,6 +338,7 @@ def get_value(
     with ``reveal``; the read is audited either way.
     """
     with _open(settings, master_key) as store:
+        inventory.check_workspace_exists(store._db, check_workspace_name(workspace), workspace)
         found = store.workspace(workspace)._read(key)
         if found is None:
             store._record_event("operator.get", workspace=workspace, key=key, outcome="missing")
@@ -352,6 +380,7 @@ def delete_value(
 ) -> bool:
     """Delete one entry; returns whether it existed (unexpired) before."""
     with _open(settings, master_key) as store:
+        inventory.check_workspace_exists(store._db, check_workspace_name(workspace), workspace)
         handle = store.workspace(workspace)
         existed = handle.exist(key)
         handle.delete(key)
@@ -366,21 +395,32 @@ def delete_value(
 
 
 def list_keys(
-    workspace: str, settings: Settings | None = None, master_key: MasterKeyProvider | None = None
+    workspace: str,
+    settings: Settings | None = None,
+    master_key: MasterKeyProvider | None = None,
+    *,
+    after: str | None = None,
+    limit: int | None = None,
 ) -> Iterator[inventory.KeyInfo]:
     """The workspace's keys with their metadata, in bytewise key order; never a value.
 
-    The store is opened (and any error raised) before this returns; it is closed when the
-    iterator is exhausted or closed.
+    ``after`` starts after that key and ``limit`` stops after that many (a page). Fetched
+    from the database a batch at a time, so memory stays bounded whatever the size. The
+    store is opened (and any error, such as a missing workspace, raised) before this
+    returns; it is closed when the iterator is exhausted or closed.
     """
     name = check_workspace_name(workspace)
+    if limit is not None and limit < 1:
+        raise InvalidInputError("--limit must be at least 1")
     store = _open(settings, master_key)
     try:
+        inventory.check_workspace_exists(store._db, name, workspace)
         store._record_event("operator.list", workspace=workspace, detail="operator command")
     except BaseException:
         store.close()
         raise
-    return _closing(store, inventory.iter_keys(store._db, name))
+    start = b"" if after is None else after.encode("utf-8")
+    return _closing(store, inventory.iter_keys(store._db, name, after=start, limit=limit))
 
 
 def _closing(store: SecureStore, items: Iterator[inventory.KeyInfo]) -> Iterator[inventory.KeyInfo]:

@@ -10,35 +10,48 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 
 import sqlalchemy as sa
 
 from .database import Database, safe_url
 from .datakeys import now_micros
+from .errors import InvalidInputError
 from .migrate import current_revision
-from .schema import data_keys, records, workspaces
+from .schema import audit_events, data_keys, records, workspaces
 
 __all__ = [
     "DataKeyStatus",
     "KeyInfo",
     "StoreStatus",
     "WorkspaceStatus",
+    "check_workspace_exists",
     "iso_time",
     "iter_keys",
     "store_status",
+    "workspaces_mid_rotation",
 ]
 
-_d, _r, _w = data_keys.c, records.c, workspaces.c
+_d, _r, _w, _e = data_keys.c, records.c, workspaces.c, audit_events.c
 _MICROS_PER_DAY = 86_400 * 1_000_000
 _LIST_BATCH = 1000
 
 
+@lru_cache(maxsize=4096)
+def _second(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
 def iso_time(micros: int | None) -> str | None:
-    """Microseconds since the epoch as ISO 8601 UTC (``2026-11-25T10:00:00.000001Z``)."""
+    """Microseconds since the epoch as ISO 8601 UTC (``2026-11-25T10:00:00.000001Z``).
+
+    Records written in the same second share the formatted prefix (cached): ``list`` of a
+    large workspace formats three times per row.
+    """
     if micros is None:
         return None
-    moment = datetime.fromtimestamp(micros // 1_000_000, tz=UTC).replace(microsecond=micros % 1_000_000)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    seconds, fraction = divmod(micros, 1_000_000)
+    return f"{_second(seconds)}.{fraction:06d}Z"
 
 
 @dataclass(frozen=True)
@@ -57,6 +70,9 @@ class WorkspaceStatus:
     name: str
     current_version: int
     data_keys: tuple[DataKeyStatus, ...]
+    #: the outcome of the newest rotation event about this workspace (or about all of
+    #: them) since its newest data key was made: "started", "interrupted", "ok", ... or None
+    rotation_event: str | None = None
 
     @property
     def records(self) -> int:
@@ -70,7 +86,31 @@ class WorkspaceStatus:
 
     @property
     def shred_in_progress(self) -> bool:
-        return any(key.destroyed for key in self.data_keys)
+        """Some data keys destroyed, yet records or live keys remain (run shred again)."""
+        return any(key.destroyed for key in self.data_keys) and not self.shredded
+
+    @property
+    def shredded(self) -> bool:
+        """Crypto-shredded: it had data keys, none is left live, and no record remains."""
+        return (
+            self.current_version > 0
+            and self.records == 0
+            and not any(not key.destroyed for key in self.data_keys)
+        )
+
+    @property
+    def rotation_state(self) -> str | None:
+        """``None`` (no rotation unfinished), ``"running"`` (started, not ended: a process
+        is at it, or died without a word, as after SIGKILL), ``"interrupted"`` (Ctrl-C or
+        a failure: run it again) or ``"unfinished"`` (older keys remain for another reason).
+        """
+        if not self.rotation_in_progress:
+            return None
+        if self.rotation_event == "started":
+            return "running"
+        if self.rotation_event == "interrupted":
+            return "interrupted"
+        return "unfinished"
 
     def current_key_age_days(self, now: int) -> float | None:
         for key in self.data_keys:
@@ -109,6 +149,9 @@ class StoreStatus:
             return 0
         return sum(count for kek, count in self.data_keys_by_kek.items() if kek != self.kek_id)
 
+    def rotation_state(self, workspace: WorkspaceStatus) -> str | None:
+        return workspace.rotation_state
+
     def rotation_due(self, workspace: WorkspaceStatus) -> bool:
         age = workspace.current_key_age_days(self.now)
         return age is not None and age > self.dek_max_age_days
@@ -130,7 +173,9 @@ class StoreStatus:
                     "records": workspace.records,
                     "rotation_due": self.rotation_due(workspace),
                     "rotation_in_progress": workspace.rotation_in_progress,
+                    "rotation_state": workspace.rotation_state,
                     "shred_in_progress": workspace.shred_in_progress,
+                    "shredded": workspace.shredded,
                     "current_key_age_days": workspace.current_key_age_days(self.now),
                     "data_keys": [
                         {
@@ -155,8 +200,13 @@ def store_status(
     previous_kek_ids: tuple[str, ...] = (),
     master_key_problem: str | None = None,
     dek_max_age_days: float = 90,
+    rotation_events: str | None = None,
 ) -> StoreStatus:
-    """Read the status from metadata (three queries, one of them counting every record)."""
+    """Read the status from metadata (three queries, one of them counting every record).
+
+    ``rotation_events`` names the audit action whose newest outcome tells a running
+    rotation from an interrupted one (read only for workspaces with one unfinished).
+    """
     with database.connect() as connection, connection.begin():
         revision = current_revision(connection)
         names = connection.execute(sa.select(_w.id, _w.name, _w.last_dek_version).order_by(_w.name)).all()
@@ -184,6 +234,15 @@ def store_status(
                 destroyed=bool(destroyed),
             )
         )
+    outcomes: dict[str, str] = {}
+    if rotation_events is not None:
+        unfinished = [
+            (bytes(name), min(k.created_at for k in by_workspace[int(workspace_id)] if not k.destroyed))
+            for workspace_id, name, _ in names
+            if sum(not key.destroyed for key in by_workspace.get(int(workspace_id), ())) > 1
+        ]
+        if unfinished:
+            outcomes = _rotation_outcomes(database, rotation_events, unfinished)
     return StoreStatus(
         database=safe_url(database.url),
         schema_revision=revision,
@@ -195,12 +254,59 @@ def store_status(
                 name=bytes(name).decode("utf-8", "replace"),
                 current_version=int(last),
                 data_keys=tuple(by_workspace.get(int(workspace_id), ())),
+                rotation_event=outcomes.get(bytes(name).decode("utf-8", "replace")),
             )
             for workspace_id, name, last in names
         ),
         dek_max_age_days=dek_max_age_days,
         now=now_micros(),
     )
+
+
+def _rotation_outcomes(
+    database: Database, action: str, unfinished: list[tuple[bytes, int]]
+) -> dict[str, str]:
+    """For each (workspace, its oldest live data key's time): the newest ``action`` event's
+    outcome about that workspace or about every workspace (``--all``) since then: the
+    rotation that is retiring that key started after it was made.
+    """
+    found: dict[str, str] = {}
+    with database.connect() as connection, connection.begin():
+        for name, since in unfinished:
+            outcome = connection.execute(
+                sa.select(_e.outcome)
+                .where(
+                    _e.action == action,
+                    sa.or_(_e.workspace == name, _e.workspace.is_(None)),
+                    _e.occurred_at >= since,
+                )
+                .order_by(_e.occurred_at.desc(), _e.seq.desc())
+                .limit(1)
+            ).scalar()
+            if outcome is not None:
+                found[name.decode("utf-8", "replace")] = str(outcome)
+    return found
+
+
+def workspaces_mid_rotation(database: Database) -> list[str]:
+    """Workspaces with more than one live data key: a rotation not finished."""
+    with database.connect() as connection, connection.begin():
+        rows = connection.execute(
+            sa.select(_w.name)
+            .join(data_keys, _d.workspace_id == _w.id)
+            .where(_d.wrapped.is_not(None))
+            .group_by(_w.id, _w.name)
+            .having(sa.func.count() > 1)
+        ).scalars()
+        return [bytes(name).decode("utf-8", "replace") for name in rows]
+
+
+def check_workspace_exists(database: Database, name: bytes, shown_name: str) -> None:
+    """Raise :class:`InvalidInputError` ("no workspace named ...") unless it exists."""
+    with database.connect() as connection, connection.begin():
+        found = connection.execute(sa.select(_w.id).where(_w.name == name)).scalar()
+    if found is None:
+        raise InvalidInputError(f"no workspace named {shown_name!r} in this store")
 
 
 @dataclass(frozen=True)
@@ -231,15 +337,20 @@ class KeyInfo:
         }
 
 
-def iter_keys(database: Database, workspace: bytes) -> Iterator[KeyInfo]:
-    """Every record of ``workspace`` in key order (bytewise), fetched a batch at a time."""
+def iter_keys(
+    database: Database, workspace: bytes, *, after: bytes = b"", limit: int | None = None
+) -> Iterator[KeyInfo]:
+    """The records of ``workspace`` in key order (bytewise), after the key ``after``, at
+    most ``limit`` of them; fetched a batch at a time, so memory stays bounded.
+    """
     with database.connect() as connection:
         with connection.begin():
             workspace_id = connection.execute(sa.select(_w.id).where(_w.name == workspace)).scalar()
         if workspace_id is None:
             return
-        after = b""
-        while True:
+        left = limit
+        while left is None or left > 0:
+            batch = _LIST_BATCH if left is None else min(_LIST_BATCH, left)
             with connection.begin():
                 rows = connection.execute(
                     sa.select(
@@ -253,7 +364,7 @@ def iter_keys(database: Database, workspace: bytes) -> Iterator[KeyInfo]:
                     )
                     .where(_r.workspace_id == workspace_id, _r.record_key > after)
                     .order_by(_r.record_key)
-                    .limit(_LIST_BATCH)
+                    .limit(batch)
                 ).all()
             for key, category, created_at, updated_at, expires_at, version, size in rows:
                 yield KeyInfo(
@@ -265,6 +376,8 @@ def iter_keys(database: Database, workspace: bytes) -> Iterator[KeyInfo]:
                     dek_version=int(version),
                     size=int(size),
                 )
-            if len(rows) < _LIST_BATCH:
+            if len(rows) < batch:
                 return
+            if left is not None:
+                left -= len(rows)
             after = bytes(rows[-1][0])

@@ -8,19 +8,22 @@ then find the schema current and do nothing.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from importlib import resources
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 
 from .database import Database
 from .errors import StorageError, UnsupportedVersionError
 from .schema import VERSION_TABLE
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
 __all__ = ["current_revision", "ensure_schema", "head_revision", "upgrade_schema"]
 
@@ -31,12 +34,16 @@ _LOCK_TIMEOUT_SECONDS = 120
 
 
 def _config() -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(resources.files("secure_kv") / "migrations"))
     return config
 
 
 def _script() -> ScriptDirectory:
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(_config())
 
 
@@ -46,7 +53,44 @@ def head_revision() -> str:
     return head
 
 
+_REVISION_LINE = re.compile(r'^(down_revision|revision) = (?:"([^"]+)"|None)$', re.M)
+
+
+@cache
+def _quick_head() -> str | None:
+    """The head revision read from the migration files without Alembic (a tenth of a
+    second less at every start of a command); ``None`` when the files are not one
+    simple chain, and Alembic then decides.
+    """
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (resources.files("secure_kv") / "migrations" / "versions").iterdir():
+        if not path.name.endswith(".py") or path.name.startswith("_"):
+            continue
+        found = dict(
+            (name, value) for name, value in _REVISION_LINE.findall(path.read_text(encoding="utf-8"))
+        )
+        if not found.get("revision"):
+            return None
+        revisions.add(found["revision"])
+        if found.get("down_revision"):
+            parents.add(found["down_revision"])
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
+def _quick_current(connection: sa.Connection) -> str | None:
+    """The database's revision by plain SQL (``None``: no version table, or no row)."""
+    if not sa.inspect(connection).has_table(VERSION_TABLE):
+        return None
+    table = sa.table(VERSION_TABLE, sa.column("version_num"))
+    rows = connection.execute(sa.select(table.c.version_num)).scalars().all()
+    return str(rows[0]) if len(rows) == 1 else None
+
+
 def current_revision(connection: sa.Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
     context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
     return context.get_current_revision()
 
@@ -92,6 +136,12 @@ def ensure_schema(database: Database, *, create: bool = True, upgrade: bool = Fa
     behind this code without ``upgrade`` raises :class:`StorageError` saying to run
     ``secure-kv init``; one newer than this code raises :class:`UnsupportedVersionError`.
     """
+    quick = _quick_head()
+    if quick is not None:
+        with database.connect() as connection:
+            with connection.begin():
+                if _quick_current(connection) == quick:
+                    return quick  # current: the common case, decided without importing Alembic
     head = head_revision()
     with database.connect() as connection:
         with connection.begin():
@@ -115,6 +165,8 @@ def ensure_schema(database: Database, *, create: bool = True, upgrade: bool = Fa
                     )
                 if now is None and not create:
                     raise StorageError("the database has no secure_kv schema: run `secure-kv init`")
+                from alembic import command
+
                 config = _config()
                 config.attributes["connection"] = connection
                 command.upgrade(config, "head")

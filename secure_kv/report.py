@@ -9,21 +9,22 @@ are read.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import sqlalchemy as sa
 
-from .audit_admin import format_time
 from .audit_verify import _stream
 from .database import Database
 from .datakeys import now_micros
 from .envelope import ALGORITHM_NAMES
 from .schema import data_keys, records, workspaces
 
-__all__ = ["REPORT_FIELDS", "ReportSummary", "iter_report"]
+__all__ = ["REPORT_FIELDS", "ReportSummary", "iter_report", "iter_report_rows"]
 
 REPORT_FIELDS = (
     "workspace",
@@ -69,6 +70,21 @@ class ReportSummary:
         ]
 
 
+@lru_cache(maxsize=4096)
+def _second(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
+def _iso(micros: int | None) -> str | None:
+    """What ``audit_admin.format_time`` gives (ISO 8601 UTC, microseconds unless zero),
+    a few times faster: records written in the same second share the formatted prefix.
+    """
+    if micros is None:
+        return None
+    seconds, fraction = divmod(int(micros), 1_000_000)
+    return f"{_second(seconds)}.{fraction:06d}Z" if fraction else f"{_second(seconds)}Z"
+
+
 def iter_report(
     database: Database,
     summary: ReportSummary,
@@ -77,6 +93,20 @@ def iter_report(
     max_age_days: float = 90.0,
 ) -> Iterator[dict[str, Any]]:
     """One dict per record (see :data:`REPORT_FIELDS`), in workspace and key order."""
+    for row in iter_report_rows(database, summary, workspace=workspace, max_age_days=max_age_days):
+        yield dict(zip(REPORT_FIELDS, row, strict=True))
+
+
+def iter_report_rows(
+    database: Database,
+    summary: ReportSummary,
+    *,
+    workspace: str | None = None,
+    max_age_days: float = 90.0,
+) -> Iterator[tuple[Any, ...]]:
+    """One tuple per record, fields in :data:`REPORT_FIELDS` order (the fast path: the
+    report's speed is the speed of reading rows).
+    """
     r, w, d = records.c, workspaces.c, data_keys.c
     query = (
         sa.select(
@@ -104,31 +134,69 @@ def iter_report(
         query = query.where(w.name == workspace.encode("utf-8"))
     now = now_micros()
     summary.max_age_days = max_age_days
-    for row in _stream(database, query):
-        head = bytes(row.head or b"")
-        expired = row.expires_at is not None and row.expires_at <= now
-        current = row.dek_version == row.last_dek_version
-        summary.records += 1
-        summary.by_category[row.category] += 1
-        summary.expired_not_purged += expired
-        summary.on_old_data_keys += not current
-        summary.shredded += bool(row.shredded)
-        yield {
-            "workspace": bytes(row.name).decode("utf-8", "replace"),
-            "key": bytes(row.record_key).decode("utf-8", "replace"),
-            "category": row.category,
-            "created_at": format_time(row.created_at),
-            "updated_at": format_time(row.updated_at),
-            "expires_at": format_time(row.expires_at),
-            "expired": expired,
-            "dek_version": row.dek_version,
-            "dek_current": current,
-            "dek_created_at": format_time(row.dek_created_at),
-            "kek_id": row.kek_id,
-            "format_version": head[0] if head else None,
-            "algorithm": ALGORITHM_NAMES.get(head[1], f"unknown-{head[1]}") if len(head) > 1 else None,
-        }
+    categories: Counter[str] = Counter()
+    names: dict[bytes, str] = {}
+    records_seen = expired_count = old_count = shredded_count = 0
+    for (
+        name,
+        record_key,
+        category,
+        created_at,
+        updated_at,
+        expires_at,
+        dek_version,
+        last_version,
+        dek_created_at,
+        kek_id,
+        shredded,
+        head,
+    ) in _stream(database, query):
+        raw_name = bytes(name)
+        workspace_name = names.get(raw_name)
+        if workspace_name is None:
+            workspace_name = names[raw_name] = raw_name.decode("utf-8", "replace")
+        head = bytes(head or b"")
+        expired = expires_at is not None and expires_at <= now
+        current = dek_version == last_version
+        records_seen += 1
+        categories[category] += 1
+        expired_count += expired
+        old_count += not current
+        shredded_count += bool(shredded)
+        yield (
+            workspace_name,
+            bytes(record_key).decode("utf-8", "replace"),
+            category,
+            _iso(created_at),
+            _iso(updated_at),
+            _iso(expires_at),
+            expired,
+            dek_version,
+            current,
+            _iso(dek_created_at),
+            kek_id,
+            head[0] if head else None,
+            ALGORITHM_NAMES.get(head[1], f"unknown-{head[1]}") if len(head) > 1 else None,
+        )
+        if records_seen % 1000 == 0:
+            _add(summary, records_seen, categories, expired_count, old_count, shredded_count)
+            categories.clear()
+            records_seen = expired_count = old_count = shredded_count = 0
+    _add(summary, records_seen, categories, expired_count, old_count, shredded_count)
     _count_due_keys(database, summary, workspace, now - int(max_age_days * 86_400_000_000))
+
+
+def _add(
+    summary: ReportSummary, seen: int, categories: Counter[str], expired: int, old: int, shredded: int
+) -> None:
+    """Fold a batch's counts into the summary (every 1,000 rows: the summary stays current
+    for a caller that stops early, without the per-row attribute writes).
+    """
+    summary.records += seen
+    summary.by_category.update(categories)
+    summary.expired_not_purged += expired
+    summary.on_old_data_keys += old
+    summary.shredded += shredded
 
 
 def _count_due_keys(database: Database, summary: ReportSummary, workspace: str | None, cutoff: int) -> None:

@@ -33,9 +33,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .audit_keys import rewrap_signing_keys
+from .audit_keys import replace_signing_keys
 from .categories import CATEGORY_CODES
-from .datakeys import MissingDataKeyError
+from .datakeys import MissingDataKeyError, now_micros
 from .envelope import HEADER_BYTES, DataKey, record_contexts, reseal_value, rewrap_data_key
 from .errors import (
     AuthenticationError,
@@ -112,8 +112,10 @@ class MasterRotation:
     #: live data keys still wrapped by another master key afterwards, by kek_id
     remaining: dict[str, int]
     seconds: float
-    #: audit signing keys rewrapped under the current master key
-    signing_keys_rewrapped: int = 0
+    #: new audit signing keys created under the current master key (0 or 1)
+    signing_keys_created: int = 0
+    #: old audit signing keys retired: seed destroyed, public half kept to verify old events
+    signing_keys_retired: int = 0
     #: audit signing keys still wrapped by another master key afterwards
     signing_keys_remaining: int = 0
 
@@ -126,7 +128,8 @@ class MasterRotation:
 def rotate_master(
     store: SecureStore, *, batch_size: int = DEFAULT_BATCH_KEYS, progress: Progress = NO_PROGRESS
 ) -> MasterRotation:
-    """Rewrap every data key under the provider's current master key.
+    """Rewrap every data key under the provider's current master key, and replace the
+    audit signing key (old seeds destroyed, old public halves kept to verify old events).
 
     Keys wrapped by a master key the provider does not hold, or that fail authentication,
     are reported in ``failed`` and left as they are; the rest are rewrapped. Idempotent.
@@ -214,10 +217,13 @@ def rotate_master(
                 break
             after = (rows[-1][0], rows[-1][1])
             progress.advance(len(rows))
-        # The audit log's signing keys are wrapped like data keys: rewrap them too, or the
-        # log could no longer be verified once the previous master key is dropped.
+        # The audit log's signing keys: whoever holds a leaked old master key and any copy
+        # of the database has unwrapped their seeds, so rewrapping them would let them go on
+        # signing. A new key replaces them; the old seeds are destroyed, their public
+        # halves kept (authenticated under the current master key) to verify old events.
         with connection.begin():
-            signing_rewrapped = rewrap_signing_keys(connection, provider)
+            signing = replace_signing_keys(connection, provider, now_micros())
+        store._audit.signing_keys_replaced()
         with connection.begin():
             remaining = {
                 kek_id: count
@@ -237,7 +243,8 @@ def rotate_master(
         failed=tuple(failures),
         remaining=remaining,
         seconds=time.monotonic() - started,
-        signing_keys_rewrapped=signing_rewrapped,
+        signing_keys_created=signing.created,
+        signing_keys_retired=signing.retired,
         signing_keys_remaining=int(signing_remaining),
     )
     store._record_event(
@@ -245,7 +252,8 @@ def rotate_master(
         dek_version=None,
         outcome="ok" if report.complete else "incomplete",
         detail=f"{rewrapped} data keys rewrapped under master key {current.kek_id}, "
-        f"{len(failures)} failed, {sum(remaining.values())} still under other master keys",
+        f"{len(failures)} failed, {sum(remaining.values())} still under other master keys; "
+        f"audit signing keys: {signing.created} created, {signing.retired} retired",
     )
     return report
 

@@ -11,12 +11,14 @@ import getpass
 import socket
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import platformdirs
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
+from .env_keys import CURRENT_VARIABLE, environment_keys
 from .errors import ConfigurationError
 
 __all__ = ["CredentialPolicy", "Settings", "default_database_url", "load_settings"]
@@ -94,6 +96,23 @@ class Settings(BaseSettings):
     # How many unwrapped data keys one process keeps in memory at most.
     dek_cache_size: int = Field(default=1024, gt=0)
 
+    @model_validator(mode="after")
+    def _env_key_means_env_provider(self) -> Settings:
+        """``SECURE_KV_MASTER_KEY`` set and no provider named: the env provider (the key
+        given is the key meant). A provider named explicitly always wins.
+        """
+        if "key_provider" not in self.model_fields_set and (
+            self.master_key is not None or environment_keys().get(CURRENT_VARIABLE, "").strip()
+        ):
+            # environment_keys(): the env provider may have taken the key out of os.environ.
+            self.key_provider = KeyProviderName.ENV
+        return self
+
+    def __reduce__(self) -> NoReturn:
+        # SecretStr pickles with its value: a pickled Settings would carry the master key
+        # (and a database password) into a cache, a queue or another process.
+        raise TypeError("Settings hold secrets (the master key, database URL) and cannot be pickled")
+
     @field_validator("database_url")
     @classmethod
     def _url_not_blank(cls, value: str) -> str:
@@ -108,6 +127,21 @@ def _describe(error: ValidationError) -> str:
         name = ENV_PREFIX + "_".join(str(p) for p in item["loc"]).upper()
         parts.append(f"{name}: {item['msg']}")
     return "; ".join(parts)
+
+
+def refuse_password_in_argument(url: str) -> None:
+    """Refuse a ``--database-url`` holding a password: the process list and shell history
+    would show it to every local user. The URL is not echoed."""
+    try:
+        parsed = make_url(url)
+    except Exception:  # not a URL: the store says so when it opens it
+        return
+    if parsed.password is not None or any(name.lower() in ("password", "passwd") for name in parsed.query):
+        raise ConfigurationError(
+            "--database-url holds a password, which `ps` and shell history show to others: "
+            "set SECURE_KV_DATABASE_URL instead, or leave the password out of the URL and use "
+            "the driver's password file (PostgreSQL ~/.pgpass, MySQL ~/.my.cnf)"
+        )
 
 
 def load_settings(**overrides: Any) -> Settings:

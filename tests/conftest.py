@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, settings
 
 from secure_kv import SecureStore
 from secure_kv.keys import StaticMasterKey
+from secure_kv.keys.env import forget_environment_keys
 
 from .keyring_backend import MemoryKeyring
 
@@ -41,6 +42,13 @@ BACKENDS = ("sqlite", "postgresql", "mysql")
 for _name in list(os.environ):
     if _name.startswith("SECURE_KV_") and not _name.startswith("SECURE_KV_TEST_"):
         del os.environ[_name]
+
+
+@pytest.fixture(autouse=True)
+def _forget_environment_keys() -> Iterator[None]:
+    """A master key one test put in the environment (and the code took out) ends with it."""
+    yield
+    forget_environment_keys()
 
 
 def _unreachable(name: str, error: Exception) -> None:

@@ -10,10 +10,11 @@ import pytest
 import sqlalchemy as sa
 
 from secure_kv import Category, SecureStore
-from secure_kv.audit_keys import load_signing_key, rewrap_signing_keys
+from secure_kv.audit_keys import load_signing_key, replace_signing_keys, trusted_signing_keys
 from secure_kv.audit_verify import verify
 from secure_kv.errors import AuthenticationError, StorageError
 from secure_kv.keys import StaticMasterKey
+from secure_kv.rotation import rotate_master
 
 
 def events(url: str) -> list[dict[str, Any]]:
@@ -194,7 +195,7 @@ def test_admin_events_commit_and_roll_back_with_the_callers_transaction(
     assert report.ok, report.failures
 
 
-def test_the_signing_key_is_rewrapped_on_master_rotation_and_stays_the_same_key(database_url: str) -> None:
+def test_master_rotation_replaces_the_signing_key_and_keeps_the_old_public_half(database_url: str) -> None:
     old, new = os.urandom(32), os.urandom(32)
     with SecureStore.open(database_url, master_key=StaticMasterKey(old)) as store:
         store.workspace("w").set("k", b"v", category=Category.TOKEN)
@@ -202,11 +203,74 @@ def test_the_signing_key_is_rewrapped_on_master_rotation_and_stays_the_same_key(
     rotated = StaticMasterKey(new, previous=[old])
     with SecureStore.open(database_url, master_key=rotated) as store:
         with store._db.connect(lock=True) as connection, connection.begin():
-            assert rewrap_signing_keys(connection, rotated) == 1
-            assert rewrap_signing_keys(connection, rotated) == 0
-        # Only the new master key is needed for the signing key from now on.
+            first = replace_signing_keys(connection, rotated, now=0)
+        with store._db.connect(lock=True) as connection, connection.begin():
+            again = replace_signing_keys(connection, rotated, now=0)
+        # Opened with the new master key current, the store already signs with a new key.
+        assert (first.created, first.retired, first.remaining) == (0, 1, 0)
+        assert (again.created, again.retired, again.remaining) == (0, 0, 0)
+        # Only the new master key is needed from now on: it wraps the new key and vouches
+        # for the old public half, whose seed is gone.
         signer = load_signing_key(store._db, StaticMasterKey(new), now=0)
-    assert (signer.id, signer.public_key) == (1, public)
+        with store._db.connect() as connection:
+            trusted = trusted_signing_keys(connection, StaticMasterKey(new))
+    assert signer.id == 2 and signer.public_key != public
+    assert trusted.public == {1: public, 2: signer.public_key} and trusted.problems == []
+
+
+def test_rotate_master_run_again_takes_in_events_a_process_signed_with_the_old_key_meanwhile(
+    database_url: str,
+) -> None:
+    old, new = os.urandom(32), os.urandom(32)
+    with SecureStore.open(database_url, master_key=StaticMasterKey(old)) as stale:
+        stale.workspace("w").set("k", b"v", category=Category.TOKEN)
+        with SecureStore.open(database_url, master_key=StaticMasterKey(new, previous=[old])) as store:
+            rotate_master(store)
+            # A process that has not yet picked up the new master key signs with the old one.
+            stale.workspace("w").set("k", b"v2", category=Category.TOKEN)
+            assert not verify(store._db, store._provider).ok
+            rotate_master(store)  # the runbook's second run, the old key still accepted
+            assert verify(store._db, store._provider).ok
+    with SecureStore.open(database_url, master_key=StaticMasterKey(new)) as store:
+        report = verify(store._db, store._provider)  # the old master key retired
+    assert report.ok, report.failures
+
+
+def test_a_running_store_moves_to_the_new_signing_key_after_rotate_master(
+    memory_keyring: object, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from secure_kv import audit, commands
+    from secure_kv.keys import KeyringMasterKey
+    from secure_kv.keys.base import _ReloadingProvider
+    from secure_kv.settings import load_settings
+
+    monkeypatch.setattr(_ReloadingProvider, "RELOAD_INTERVAL", 0.0)
+    monkeypatch.setattr(_ReloadingProvider, "CURRENT_MAX_AGE", 0.0)
+    monkeypatch.setattr(audit, "_SIGNER_RECHECK_SECONDS", 0.0)  # a minute, in production
+    settings = load_settings(database_url=database_url)
+    running = KeyringMasterKey(create=True)
+    with SecureStore.open(database_url, master_key=running) as app:
+        ws = app.workspace("w")
+        ws.set("t", b"sk-1", category=Category.TOKEN)
+        old_key = app._audit.signer().id
+        report = commands.rotate_master(settings, KeyringMasterKey(), generate=True)
+        assert report.signing_keys_retired == 1 and report.complete
+        assert ws.get("t") == b"sk-1"  # the application's next event: signed with the new key
+        assert app._audit.signer().id != old_key
+        commands.rotate_master(settings, KeyringMasterKey(), retire_previous=True)
+        ws.set("t", b"sk-2", category=Category.TOKEN)
+        report = verify(app._db, KeyringMasterKey())
+    assert report.ok, report.failures
+    engine = sa.create_engine(database_url)
+    with engine.connect() as c:
+        signing_keys = c.execute(
+            sa.text(
+                "SELECT DISTINCT c.signing_key_id FROM skv_audit_events e "
+                "JOIN skv_audit_chains c ON c.id = e.chain_id WHERE e.action = 'record.read'"
+            )
+        ).all()
+    engine.dispose()
+    assert signing_keys and (old_key,) not in [tuple(row) for row in signing_keys]  # reads: after it
 
 
 def test_events_never_hold_a_value(url_and_store: tuple[str, SecureStore]) -> None:

@@ -11,7 +11,15 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from secure_kv.audit_events import Event, anchor_digest, checkpoint_message, event_digest, genesis_digest
+from secure_kv.audit_events import (
+    Event,
+    anchor_digest,
+    checkpoint_message,
+    event_digest,
+    genesis_digest,
+    retired_chains_digest,
+)
+from secure_kv.audit_keys import _kek_tag
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "audit_v1.json").read_text(encoding="utf-8"))
 
@@ -88,3 +96,20 @@ def test_anchor_digest_matches_the_vector() -> None:
     heads = [(chain, seq, bytes.fromhex(digest)) for chain, seq, digest in a["heads"]]
     keys = [(key_id, bytes.fromhex(public)) for key_id, public in a["keys"]]
     assert anchor_digest(a["id"], a["created_at"], heads, keys).hex() == a["digest"]
+
+
+RETIRED = json.loads(
+    (Path(__file__).parent / "vectors" / "audit_retired_v1.json").read_text(encoding="utf-8")
+)
+
+
+def test_a_retired_signing_keys_mark_matches_the_documented_layout_and_the_vector() -> None:
+    heads = [(chain, seq, bytes.fromhex(digest)) for chain, seq, digest in RETIRED["heads"]]
+    spec = b"secure_kv/v1/audit-retired-chains" + struct.pack(">QI", RETIRED["key_id"], len(heads))
+    for chain, seq, digest in sorted(heads):
+        spec += struct.pack(">QQ", chain, seq) + digest
+    assert hashlib.sha256(spec).hexdigest() == RETIRED["retired_chains_digest"]
+    assert retired_chains_digest(RETIRED["key_id"], heads).hex() == RETIRED["retired_chains_digest"]
+    assert retired_chains_digest(RETIRED["empty_key_id"], []).hex() == RETIRED["empty_retired_chains_digest"]
+    tag = hashlib.sha256(b"secure_kv/v1/audit-retired-kek|" + RETIRED["kek_id"].encode()).digest()[:16]
+    assert tag.hex() == RETIRED["kek_tag"] == _kek_tag(RETIRED["kek_id"]).hex()

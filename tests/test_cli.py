@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from secure_kv import SecureStore
 from secure_kv.cli import main
 from secure_kv.keys.base import parse_master_key
+from secure_kv.keys.env import forget_environment_keys
 
 from .dbstate import new_key
 from .keyring_backend import MemoryKeyring
@@ -181,9 +182,10 @@ def test_the_admin_job_end_to_end_from_the_command_line(cli: Cli) -> None:
     cli("set", "tenant", "search", "--category", "cache", "--ttl", "600", input=b"{}")
 
     assert cli("get", "tenant", "user").stdout_bytes == b"John\n"  # byte for byte
-    masked = cli("get", "tenant", "openai")
+    masked = cli("get", "tenant", "openai", ok=False)  # a script reading a token without --reveal
     assert "sk-secret" not in masked.output
-    assert masked.stdout == "********\n"
+    assert (masked.exit_code, masked.stdout) == (1, "")
+    assert masked.stderr.startswith("error: 'openai' is a token") and "--reveal" in masked.stderr
     assert cli("get", "tenant", "openai", "--reveal").stdout_bytes == b"sk-secret"
     assert cli("get", "tenant", "openai", "--reveal", "--base64").stdout == "c2stc2VjcmV0\n"
 
@@ -205,7 +207,10 @@ def test_the_admin_job_end_to_end_from_the_command_line(cli: Cli) -> None:
     cli.monkeypatch.setenv("SECURE_KV_MASTER_KEY", new_text)
     master = cli.json("rotate", "master")
     assert (master["rewrapped"], master["complete"]) == (1, True)
-    cli.monkeypatch.delenv("SECURE_KV_PREVIOUS_MASTER_KEYS")
+    # The CLI took both variables out of its environment; set the new key alone, as a new
+    # process would see it.
+    cli.monkeypatch.delenv("SECURE_KV_PREVIOUS_MASTER_KEYS", raising=False)
+    cli.monkeypatch.setenv("SECURE_KV_MASTER_KEY", new_text)
     assert cli("get", "tenant", "user").stdout_bytes == b"John\n"  # the new key alone reads
 
     status = cli.json("status")
@@ -231,7 +236,7 @@ def test_after_a_master_rotation_the_old_key_alone_is_refused_in_one_line(sqlite
     cli.monkeypatch.setenv("SECURE_KV_PREVIOUS_MASTER_KEYS", old)
     assert "previous keys can be retired" in cli("rotate", "master").output
     cli.monkeypatch.setenv("SECURE_KV_MASTER_KEY", old)
-    cli.monkeypatch.delenv("SECURE_KV_PREVIOUS_MASTER_KEYS")
+    cli.monkeypatch.delenv("SECURE_KV_PREVIOUS_MASTER_KEYS", raising=False)  # the CLI took it
     refused = cli("get", "t", "k", ok=False)
     assert refused.exit_code == 1
     assert refused.output.startswith("error: wrong master key")
@@ -313,7 +318,8 @@ def test_rotate_all_and_purge_report_in_text(sqlite_cli: Cli) -> None:
 
 def test_status_works_without_the_master_key(sqlite_cli: Cli) -> None:
     sqlite_cli("set", "a", "k", input=b"1")
-    sqlite_cli.monkeypatch.delenv("SECURE_KV_MASTER_KEY")
+    sqlite_cli.monkeypatch.delenv("SECURE_KV_MASTER_KEY", raising=False)
+    forget_environment_keys()  # the CLI took the key out of os.environ and kept it
     status = sqlite_cli.json("status")
     assert status["kek_id"] is None
     assert "SECURE_KV_MASTER_KEY" in status["master_key_problem"]
@@ -328,7 +334,7 @@ def test_status_shows_an_unfinished_rotation(sqlite_cli: Cli) -> None:
         store._keys.create_version(1, b"a", 2)
     status = sqlite_cli.json("status")
     assert status["workspaces"][0]["rotation_in_progress"] is True
-    assert "rotation in progress" in sqlite_cli("status").output
+    assert "rotation unfinished: run `secure-kv rotate workspace a`" in sqlite_cli("status").output
     assert "(resumed)" in sqlite_cli("rotate", "workspace", "a").output
     assert sqlite_cli.json("status")["workspaces"][0]["rotation_in_progress"] is False
 

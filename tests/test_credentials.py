@@ -194,3 +194,42 @@ def test_reject_raises_and_stores_nothing(
         assert ws.get("github") is None
         ws.set("github", token_value, category=Category.TOKEN)  # the right category is fine
         assert ws.get("github") == token_value
+
+
+# --- Work done on crafted values (issue 10, finding 11) ------------------------------------
+
+CRAFTED = {
+    "key=K1": "key=K1",
+    "pwd:K1": "pwd:K1",
+    "overlapping-words": "passkey=secret_token1",
+    "quoted-json": '"api_key": "K1", ',
+}
+
+
+@pytest.mark.parametrize("unit", CRAFTED.values(), ids=CRAFTED.keys())
+def test_the_assignment_scan_judges_each_character_at_most_once(
+    unit: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: every occurrence of every word was followed by its own value of up to 200
+    # characters, so `key=K1` repeated to 16 KiB had ~550,000 characters judged (0.17 s of
+    # CPU holding the GIL, per entry of a set_many). Counted here, not timed.
+    from secure_kv import credentials
+
+    judged: list[int] = []
+    looks_random = credentials._looks_random
+
+    def counting(text: str, *, minimum: int) -> bool:
+        judged.append(len(text))
+        return looks_random(text, minimum=minimum)
+
+    monkeypatch.setattr(credentials, "_looks_random", counting)
+    value = (unit * (MAX_SCAN_BYTES // len(unit) + 1))[:MAX_SCAN_BYTES]
+    find_credential(value.encode())
+    assert sum(judged) <= len(value)
+
+
+def test_values_over_the_scan_cap_are_not_scanned_at_all(monkeypatch: pytest.MonkeyPatch) -> None:
+    from secure_kv import credentials
+
+    monkeypatch.setattr(credentials, "_scan", lambda text: pytest.fail("scanned"))
+    assert find_credential(("key=K1" * 3000).encode()[: MAX_SCAN_BYTES + 1]) is None

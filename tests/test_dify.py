@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.hashes import SHA256
-from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
 from secure_kv import Category, SecureStore, Workspace
 from secure_kv.errors import (
@@ -73,8 +73,10 @@ from dify_plugin.entities.tool import ToolRuntime
 from dify_plugin.invocations.storage import StorageInvocation
 
 DOCS = Path(__file__).parent.parent / "docs" / "dify.md"
-VECTORS = json.loads((Path(__file__).parent / "vectors" / "dify_v1.json").read_text(encoding="utf-8"))
+VECTORS = json.loads((Path(__file__).parent / "vectors" / "dify_v2.json").read_text(encoding="utf-8"))
+VECTORS_V1 = json.loads((Path(__file__).parent / "vectors" / "dify_v1.json").read_text(encoding="utf-8"))
 T0 = 1_800_000_000 * 1_000_000  # a fixed "now", in microseconds
+TENANT_SECRET = generate_master_key()  # a tenant's secret-input credential
 
 
 @pytest.fixture
@@ -116,7 +118,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Callable[[float], None]:
 
 @pytest.fixture
 def storage(session: Any, master_key: StaticMasterKey) -> EncryptedStorage:
-    return EncryptedStorage(session.storage, master_key=master_key)
+    return EncryptedStorage(session.storage, master_key=master_key, tenant_secret=TENANT_SECRET)
 
 
 def _stored_bytes(daemon: InMemoryDifyDaemon) -> list[bytes]:
@@ -183,7 +185,7 @@ def test_plugin_code_runs_unchanged_on_encrypted_storage(
     daemon: InMemoryDifyDaemon, master_key: StaticMasterKey
 ) -> None:
     session = daemon.connect()
-    session.storage = EncryptedStorage(session.storage, master_key=master_key)
+    session.storage = EncryptedStorage(session.storage, master_key=master_key, tenant_secret=TENANT_SECRET)
     assert _three_visits(session) == ["ann: 1", "ann: 2", "ann: 3", "ann: 1"]
     assert daemon.stored("visits/ann") != b"1"
 
@@ -209,7 +211,9 @@ GEVENT_PLUGIN_PROCESS = textwrap.dedent(
 
     assert monkey.is_module_patched("threading")
     with running_daemon() as daemon:
-        storage = EncryptedStorage(daemon.connect().storage, master_key=StaticMasterKey(os.urandom(32)))
+        storage = EncryptedStorage(
+            daemon.connect().storage, master_key=StaticMasterKey(os.urandom(32)), tenant_secret="t" * 32
+        )
         storage.set("openai", b"sk-under-gevent", category="token")
         assert storage.get("openai") == b"sk-under-gevent"
         assert storage.get("missing") is None
@@ -264,7 +268,7 @@ def test_dify_holds_the_data_key_wrapped_and_the_keys_by_name(
     storage.set("a", b"1")
     names = daemon.keys()
     assert CURRENT_DATA_KEY in names
-    (own,) = [name for name in names if name.startswith("__secure_kv__/dek-")]
+    (own,) = [name for name in names if name.startswith("__secure_kv__/v2/dek-")]
     assert daemon.stored(own) == daemon.stored(CURRENT_DATA_KEY)
     assert names == sorted([CURRENT_DATA_KEY, own, "a"])  # key names are stored in plaintext
     assert len(daemon.stored("a")) == 1 + RECORD_OVERHEAD
@@ -288,11 +292,11 @@ def test_a_second_process_reads_what_the_first_wrote(
     daemon: InMemoryDifyDaemon, storage: EncryptedStorage, master_key: StaticMasterKey
 ) -> None:
     storage.set("shared", b"state", category=Category.TOKEN)
-    other = EncryptedStorage(daemon.connect().storage, master_key=master_key)
+    other = EncryptedStorage(daemon.connect().storage, master_key=master_key, tenant_secret=TENANT_SECRET)
     assert other.get("shared") == b"state"
     other.set("back", b"reply")
     assert storage.get("back") == b"reply"
-    assert len([name for name in daemon.keys() if name.startswith("__secure_kv__/dek-")]) == 1
+    assert len([name for name in daemon.keys() if name.startswith("__secure_kv__/v2/dek-")]) == 1
 
 
 def test_delete_removes_and_deleting_twice_is_fine(session: Any, storage: EncryptedStorage) -> None:
@@ -340,7 +344,9 @@ def test_ttl_is_allowed_on_every_category(
 def test_a_cache_entry_always_expires(
     session: Any, master_key: StaticMasterKey, clock: Callable[[float], None]
 ) -> None:
-    storage = EncryptedStorage(session.storage, master_key=master_key, default_cache_ttl=30)
+    storage = EncryptedStorage(
+        session.storage, master_key=master_key, tenant_secret=TENANT_SECRET, default_cache_ttl=30
+    )
     clock(0)
     storage.set("c", b"v", category=Category.CACHE)
     clock(29)
@@ -353,7 +359,7 @@ def test_cache_ttl_defaults_to_the_setting(
     session: Any, master_key: StaticMasterKey, clock: Callable[[float], None], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SECURE_KV_DEFAULT_CACHE_TTL", "5")
-    storage = EncryptedStorage(session.storage, master_key=master_key)
+    storage = EncryptedStorage(session.storage, master_key=master_key, tenant_secret=TENANT_SECRET)
     clock(0)
     storage.set("c", b"v", category="cache")
     clock(5)
@@ -471,7 +477,7 @@ def test_a_newer_record_format_is_refused_as_unsupported(
     daemon: InMemoryDifyDaemon, storage: EncryptedStorage
 ) -> None:
     storage.set("k", b"v")
-    _tamper(daemon, "k", lambda blob: blob.__setitem__(4, 2))
+    _tamper(daemon, "k", lambda blob: blob.__setitem__(4, 3))
     with pytest.raises(UnsupportedVersionError, match="newer secure_kv"):
         storage.get("k")
 
@@ -480,8 +486,13 @@ def test_a_blob_from_another_namespace_fails_authentication(
     daemon: InMemoryDifyDaemon, storage: EncryptedStorage, master_key: StaticMasterKey
 ) -> None:
     storage.set("k", b"v")
-    other = EncryptedStorage(daemon.connect().storage, master_key=master_key, namespace="tenant-2:plugin")
-    with pytest.raises(AuthenticationError, match="another namespace"):
+    other = EncryptedStorage(
+        daemon.connect().storage,
+        master_key=master_key,
+        tenant_secret=TENANT_SECRET,
+        namespace="tenant-2:plugin",
+    )
+    with pytest.raises(AuthenticationError, match=r"another tenant .* or namespace"):
         other.get("k")
 
 
@@ -493,7 +504,7 @@ def test_a_wrong_master_key_is_a_master_key_error_not_tampering(
 ) -> None:
     storage.set("k", b"v", category=Category.TOKEN)
     wrong = StaticMasterKey(os.urandom(32))
-    other = EncryptedStorage(daemon.connect().storage, master_key=wrong)
+    other = EncryptedStorage(daemon.connect().storage, master_key=wrong, tenant_secret=TENANT_SECRET)
     with pytest.raises(MasterKeyError, match=wrong.current_key().kek_id):
         other.get("k")
     with pytest.raises(MasterKeyError, match="wrong master key"):
@@ -506,14 +517,14 @@ def test_a_previous_master_key_still_opens_the_data_key(
 ) -> None:
     storage.set("k", b"v")
     rotated = StaticMasterKey(os.urandom(32), previous=[raw_master_key])
-    other = EncryptedStorage(daemon.connect().storage, master_key=rotated)
+    other = EncryptedStorage(daemon.connect().storage, master_key=rotated, tenant_secret=TENANT_SECRET)
     assert other.get("k") == b"v"
     other.set("k2", b"v2")
     assert storage.get("k2") == b"v2"
 
 
 def _data_key_names(daemon: InMemoryDifyDaemon) -> list[str]:
-    return [name for name in daemon.keys() if name.startswith("__secure_kv__/dek-")]
+    return [name for name in daemon.keys() if name.startswith("__secure_kv__/v2/dek-")]
 
 
 @pytest.mark.parametrize("where", ["wrapped", "key-id"])
@@ -524,7 +535,7 @@ def test_an_altered_data_key_fails_authentication(
     offset = -1 if where == "wrapped" else 8
     for name in [*_data_key_names(daemon), CURRENT_DATA_KEY]:
         _tamper(daemon, name, _flip(offset))
-    other = EncryptedStorage(daemon.connect().storage, master_key=master_key)
+    other = EncryptedStorage(daemon.connect().storage, master_key=master_key, tenant_secret=TENANT_SECRET)
     with pytest.raises(AuthenticationError):
         other.get("k")
 
@@ -535,7 +546,7 @@ def test_a_data_key_relabelled_with_another_kek_id_is_a_master_key_error(
     storage.set("k", b"v")
     for name in [*_data_key_names(daemon), CURRENT_DATA_KEY]:
         _tamper(daemon, name, lambda blob: blob.__setitem__(slice(10, 26), b"0" * 16))
-    other = EncryptedStorage(daemon.connect().storage, master_key=master_key)
+    other = EncryptedStorage(daemon.connect().storage, master_key=master_key, tenant_secret=TENANT_SECRET)
     with pytest.raises(MasterKeyError, match="0000000000000000"):
         other.get("k")
 
@@ -546,7 +557,12 @@ def test_a_lost_named_data_key_is_found_through_the_pointer(
     storage.set("k", b"v")
     for name in _data_key_names(daemon):
         del daemon.files[daemon.path(name)]
-    assert EncryptedStorage(daemon.connect().storage, master_key=master_key).get("k") == b"v"
+    assert (
+        EncryptedStorage(daemon.connect().storage, master_key=master_key, tenant_secret=TENANT_SECRET).get(
+            "k"
+        )
+        == b"v"
+    )
 
 
 def test_a_deleted_data_key_is_reported_not_read_as_missing(
@@ -555,7 +571,7 @@ def test_a_deleted_data_key_is_reported_not_read_as_missing(
     storage.set("k", b"v")
     for name in [*_data_key_names(daemon), CURRENT_DATA_KEY]:
         del daemon.files[daemon.path(name)]
-    other = EncryptedStorage(daemon.connect().storage, master_key=master_key)
+    other = EncryptedStorage(daemon.connect().storage, master_key=master_key, tenant_secret=TENANT_SECRET)
     with pytest.raises(AuthenticationError, match="cannot be recovered"):
         other.get("k")
 
@@ -566,12 +582,14 @@ def test_a_deleted_data_key_is_reported_not_read_as_missing(
 def test_processes_racing_to_create_the_data_key_lose_no_value(
     daemon: InMemoryDifyDaemon, master_key: StaticMasterKey
 ) -> None:
-    # Both processes read the pointer before either writes one: both create a data key.
+    # Both processes find no pointer before either writes one: both create a data key. The
+    # SDK's get raises for a missing key and EncryptedStorage asks exist() to tell why, so the
+    # two processes are held at that exist(), the last look before they write.
     barrier = threading.Barrier(2, timeout=60)
     reads = []
 
     def hold_first_two_pointer_reads(request: StorageRequest) -> None:
-        if request.opt == "get" and request.key == CURRENT_DATA_KEY and len(reads) < 2:
+        if request.opt == "exist" and request.key == CURRENT_DATA_KEY and len(reads) < 2:
             reads.append(request)
             barrier.wait()
 
@@ -581,7 +599,9 @@ def test_processes_racing_to_create_the_data_key_lose_no_value(
 
     def plugin_process(number: int) -> None:
         try:
-            storage = EncryptedStorage(sessions[number].storage, master_key=master_key)
+            storage = EncryptedStorage(
+                sessions[number].storage, master_key=master_key, tenant_secret=TENANT_SECRET
+            )
             for round_ in range(3):
                 storage.set(f"p{number}/{round_}", f"value {number}.{round_}".encode())
         except BaseException as error:
@@ -596,7 +616,7 @@ def test_processes_racing_to_create_the_data_key_lose_no_value(
     assert errors == []
     assert len(reads) == 2
     assert len(_data_key_names(daemon)) == 2  # both created one; both are kept
-    reader = EncryptedStorage(daemon.connect().storage, master_key=master_key)
+    reader = EncryptedStorage(daemon.connect().storage, master_key=master_key, tenant_secret=TENANT_SECRET)
     for number in (0, 1):
         for round_ in range(3):
             assert reader.get(f"p{number}/{round_}") == f"value {number}.{round_}".encode()
@@ -605,17 +625,17 @@ def test_processes_racing_to_create_the_data_key_lose_no_value(
 def test_a_writer_whose_data_key_lost_the_pointer_stays_readable(
     daemon: InMemoryDifyDaemon, master_key: StaticMasterKey
 ) -> None:
-    first = EncryptedStorage(daemon.connect().storage, master_key=master_key)
+    first = EncryptedStorage(daemon.connect().storage, master_key=master_key, tenant_secret=TENANT_SECRET)
     first.set("one", b"1")
     # A second process that read no pointer (it raced the first) writes its own key.
     del daemon.files[daemon.path(CURRENT_DATA_KEY)]
-    second = EncryptedStorage(daemon.connect().storage, master_key=master_key)
+    second = EncryptedStorage(daemon.connect().storage, master_key=master_key, tenant_secret=TENANT_SECRET)
     second.set("two", b"2")
     first.set("three", b"3")  # still under its own, now unpointed, data key
     keys = _data_key_names(daemon)
     assert len(keys) == 2
     assert daemon.stored(CURRENT_DATA_KEY) in {daemon.stored(name) for name in keys}
-    later = EncryptedStorage(daemon.connect().storage, master_key=master_key)
+    later = EncryptedStorage(daemon.connect().storage, master_key=master_key, tenant_secret=TENANT_SECRET)
     assert [later.get(key) for key in ("one", "two", "three")] == [b"1", b"2", b"3"]
 
 
@@ -637,6 +657,7 @@ def test_a_writer_whose_data_key_lost_the_pointer_stays_readable(
         ("__secure_kv__/dek", "reserved"),
         ("__secure_kv__", "reserved"),
         ("__secure_kv__/dek-00000001", "reserved"),
+        ("__secure_kv__/v2/dek", "reserved"),
         ("x" * 257, "at most 256"),
         ("", "empty"),
         ("a\x00b", "NUL"),
@@ -692,7 +713,9 @@ def test_the_largest_value_fits_the_daemons_5_mib_line(
 
 
 def test_max_value_bytes_can_be_set(session: Any, master_key: StaticMasterKey) -> None:
-    storage = EncryptedStorage(session.storage, master_key=master_key, max_value_bytes=10)
+    storage = EncryptedStorage(
+        session.storage, master_key=master_key, tenant_secret=TENANT_SECRET, max_value_bytes=10
+    )
     storage.set("k", b"x" * 10)
     with pytest.raises(InvalidInputError):
         storage.set("k", b"x" * 11)
@@ -711,7 +734,9 @@ def test_a_read_that_fails_for_another_reason_is_a_storage_error(
 def test_a_write_over_the_plugins_quota_is_a_storage_error(master_key: StaticMasterKey) -> None:
     daemon = InMemoryDifyDaemon(quota_bytes=4096)
     try:
-        storage = EncryptedStorage(daemon.connect().storage, master_key=master_key)
+        storage = EncryptedStorage(
+            daemon.connect().storage, master_key=master_key, tenant_secret=TENANT_SECRET
+        )
         storage.set("small", b"v")
         with pytest.raises(StorageError, match="max storage size"):
             storage.set("big", b"x" * 4096)
@@ -739,7 +764,7 @@ class DocumentedStorage:
 
 
 def test_an_sdk_whose_get_returns_none_works_too(master_key: StaticMasterKey) -> None:
-    storage = EncryptedStorage(DocumentedStorage(), master_key=master_key)
+    storage = EncryptedStorage(DocumentedStorage(), master_key=master_key, tenant_secret=TENANT_SECRET)
     assert storage.get("k") is None
     storage.set("k", b"v")
     assert storage.get("k") == b"v"
@@ -756,7 +781,7 @@ def test_the_master_key_comes_from_settings_when_not_given(monkeypatch: pytest.M
     raw = os.urandom(32)
     monkeypatch.setenv("SECURE_KV_KEY_PROVIDER", "env")
     monkeypatch.setenv("SECURE_KV_MASTER_KEY", base64.urlsafe_b64encode(raw).decode())
-    storage = EncryptedStorage(DocumentedStorage())
+    storage = EncryptedStorage(DocumentedStorage(), tenant_secret=TENANT_SECRET)
     assert f"kek_id={StaticMasterKey(raw).current_key().kek_id}>" in repr(storage)
 
 
@@ -777,9 +802,14 @@ def _hkdf(key: bytes, info: bytes, length: int = 32) -> bytes:
 
 def test_the_data_key_vector_matches_the_written_spec() -> None:
     master = base64.urlsafe_b64decode(VECTORS["master_key"])
+    secret = VECTORS["tenant_secret"].encode()
+    tenant = HKDF(
+        SHA256(), 64, salt=b"secure_kv/dify/v2/tenant", info=b"secure_kv/dify/v2/tenant-keys"
+    ).derive(secret)
+    assert (tenant[:32].hex(), tenant[32:].hex()) == (VECTORS["tenant_binding"], VECTORS["tenant_key"])
     record = bytes.fromhex(VECTORS["data_key"]["stored"])
     magic, version, key_id, kek_length = struct.unpack_from(">4sBIB", record)
-    assert (magic, version, key_id) == (b"SKVK", 1, VECTORS["data_key"]["id"])
+    assert (magic, version, key_id) == (b"SKVK", 2, VECTORS["data_key"]["id"])
     assert (
         record[10 : 10 + kek_length].decode()
         == VECTORS["kek_id"]
@@ -788,12 +818,20 @@ def test_the_data_key_vector_matches_the_written_spec() -> None:
     wrapped = record[10 + kek_length :]
     namespace = VECTORS["namespace"].encode()
     associated = (
-        b"secure_kv/v1/dek" + struct.pack(">H", len(namespace)) + namespace + struct.pack(">I", key_id)
+        b"secure_kv/dify/v2/dek"
+        + tenant[:32]
+        + struct.pack(">H", len(namespace))
+        + namespace
+        + struct.pack(">I", key_id)
     )
     dek = AESGCM(_hkdf(master, b"secure_kv/v1/kek-wrap")).decrypt(wrapped[1:13], wrapped[13:], associated)
     assert wrapped[0] == 1
     assert dek.hex() == VECTORS["data_key"]["dek"]
-    assert VECTORS["data_key"]["name"] == f"__secure_kv__/dek-{key_id:08x}"
+    info = b"secure_kv/dify/v2/data-key" + struct.pack(">I", key_id)
+    assert (
+        HKDF(SHA256(), 32, salt=tenant[32:], info=info).derive(dek).hex() == VECTORS["data_key"]["data_key"]
+    )
+    assert VECTORS["data_key"]["name"] == f"__secure_kv__/v2/dek-{key_id:08x}"
 
 
 @pytest.mark.parametrize("v", VECTORS["records"], ids=lambda v: v["key"])
@@ -803,34 +841,45 @@ def test_the_record_vectors_match_the_written_spec(v: dict[str, Any]) -> None:
     salt, nonce = bytes.fromhex(v["salt"]), bytes.fromhex(v["nonce"])
     envelope_header = struct.pack(">BBI", 1, 1, VECTORS["data_key"]["id"]) + salt + nonce
     context = (
-        struct.pack(">H", len(namespace))
+        b"secure_kv/dify/v2/record"
+        + bytes.fromhex(VECTORS["tenant_binding"])
+        + struct.pack(">H", len(namespace))
         + namespace
         + struct.pack(">H", len(key))
         + key
         + struct.pack(">Bq", code, v["expires_at"])
     )
-    subkey = _hkdf(bytes.fromhex(VECTORS["data_key"]["dek"]), b"secure_kv/v1/value-subkey" + salt)
+    subkey = _hkdf(bytes.fromhex(VECTORS["data_key"]["data_key"]), b"secure_kv/v1/value-subkey" + salt)
     sealed = envelope_header + AESGCM(subkey).encrypt(
         nonce, bytes.fromhex(v["plaintext"]), envelope_header + context
     )
-    expected = struct.pack(">4sBBq", b"SKVD", 1, code, v["expires_at"]) + sealed
+    expected = struct.pack(">4sBBq", b"SKVD", 2, code, v["expires_at"]) + sealed
     assert expected.hex() == v["stored"]
+
+
+def _vector_storage(vectors: dict[str, Any], current_name: str) -> tuple[DocumentedStorage, EncryptedStorage]:
+    plain = DocumentedStorage()
+    stored_key = bytes.fromhex(vectors["data_key"]["stored"])
+    plain.data[vectors["data_key"]["name"]] = plain.data[current_name] = stored_key
+    for v in vectors["records"]:
+        plain.data[v["key"]] = bytes.fromhex(v["stored"])
+    provider = StaticMasterKey(base64.urlsafe_b64decode(vectors["master_key"]))
+    storage = EncryptedStorage(
+        plain, master_key=provider, tenant_secret=VECTORS["tenant_secret"], namespace=vectors["namespace"]
+    )
+    return plain, storage
 
 
 @pytest.mark.parametrize("v", VECTORS["records"], ids=lambda v: v["key"])
 def test_the_code_reads_and_writes_the_vectors(v: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(dify, "now_micros", lambda: 1_700_000_000_000_000)
-    plain = DocumentedStorage()
-    stored_key = bytes.fromhex(VECTORS["data_key"]["stored"])
-    plain.data[VECTORS["data_key"]["name"]] = plain.data[CURRENT_DATA_KEY] = stored_key
-    plain.data[v["key"]] = bytes.fromhex(v["stored"])
-    provider = StaticMasterKey(base64.urlsafe_b64decode(VECTORS["master_key"]))
-    storage = EncryptedStorage(plain, master_key=provider, namespace=VECTORS["namespace"])
+    _, storage = _vector_storage(VECTORS, CURRENT_DATA_KEY)
     assert storage.get(v["key"]) == bytes.fromhex(v["plaintext"])
     data_key = storage._data_key(VECTORS["data_key"]["id"], v["key"])
     expires_at = None if v["expires_at"] == -1 else v["expires_at"]
     written = dify._seal_record(
         data_key,
+        storage._tenant,
         VECTORS["namespace"].encode(),
         v["key"].encode(),
         Category(v["category"]),
@@ -840,6 +889,28 @@ def test_the_code_reads_and_writes_the_vectors(v: dict[str, Any], monkeypatch: p
         nonce=bytes.fromhex(v["nonce"]),
     )
     assert written.hex() == v["stored"]
+
+
+@pytest.mark.parametrize("v", VECTORS_V1["records"], ids=lambda v: v["key"])
+def test_format_1_entries_are_refused_saying_they_bound_no_tenant(
+    v: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Format 1 (tests/vectors/dify_v1.json) bound no tenant: a record of it may be another
+    # tenant's, copied in. It is refused with a message that says so, never read.
+    monkeypatch.setattr(dify, "now_micros", lambda: 1_700_000_000_000_000)
+    plain, storage = _vector_storage(VECTORS_V1, "__secure_kv__/dek")
+    assert storage.exist(v["key"])
+    with pytest.raises(AuthenticationError, match=r"format 1 .*bound no tenant.*write the value again"):
+        storage.get(v["key"])
+    storage.set(v["key"], b"new")  # writing it again works, under a new format-2 data key
+    assert storage.get(v["key"]) == b"new"
+    assert plain.data["__secure_kv__/dek"] == bytes.fromhex(VECTORS_V1["data_key"]["stored"])  # left alone
+
+
+def test_a_format_1_data_key_planted_under_a_format_2_name_is_refused() -> None:
+    _, storage = _vector_storage(VECTORS_V1, CURRENT_DATA_KEY)
+    with pytest.raises(AuthenticationError, match="format 1, which bound no tenant"):
+        storage.set("k", b"v")
 
 
 # --- docs/dify.md -----------------------------------------------------------------------
@@ -857,7 +928,8 @@ def _docs_example(tool_name: str) -> dict[str, Any]:
 
 
 def _invoke(tool_class: type, session: Any, **parameters: Any) -> str:
-    runtime = ToolRuntime(credentials={}, user_id="user-1", session_id=session.session_id)
+    credentials = {"secure_kv_tenant_secret": TENANT_SECRET}
+    runtime = ToolRuntime(credentials=credentials, user_id="user-1", session_id=session.session_id)
     (message,) = tool_class(runtime=runtime, session=session).invoke(parameters)
     return str(message.message.text)
 
@@ -885,3 +957,21 @@ def test_the_docs_workspace_example_runs(
     finally:
         example["secure_store"]().close()
     assert daemon.requests == []  # nothing went to Dify's storage
+
+
+# --- The tenant secret ------------------------------------------------------------------
+
+
+def test_the_tenant_secret_may_be_bytes_or_text_with_surrounding_whitespace(
+    master_key: StaticMasterKey,
+) -> None:
+    plain = DocumentedStorage()
+    EncryptedStorage(plain, master_key=master_key, tenant_secret=f"  {TENANT_SECRET}\n").set("k", b"v")
+    same = EncryptedStorage(plain, master_key=master_key, tenant_secret=TENANT_SECRET.encode())
+    assert same.get("k") == b"v"
+
+
+def test_a_tenant_secret_of_the_wrong_type_is_refused_without_echoing_it(master_key: StaticMasterKey) -> None:
+    with pytest.raises(InvalidTypeError, match="tenant_secret must be str or bytes") as raised:
+        EncryptedStorage(DocumentedStorage(), master_key=master_key, tenant_secret=12345678901234567890)  # type: ignore[arg-type]
+    assert "12345678901234567890" not in str(raised.value)

@@ -50,19 +50,37 @@ messages that say which rule a key broke:
   :data:`RECORD_OVERHEAD` bytes more than its value, and a data key 87 bytes (two copies).
   A write over the quota comes back as :class:`~secure_kv.errors.StorageError`.
 
-**Layout in Dify's storage** (specified with versions in docs/dify.md, pinned by
-``tests/vectors/dify_v1.json``). User keys are stored under their own names, in plaintext;
+**Tenant binding.** One plugin process serves many Dify workspaces (tenants), and the SDK
+tells a tool nothing about which one called it. With a master key shared by every tenant,
+whoever can write Dify's plugin storage could copy one tenant's data key and records into
+another's, where they would open. So every :class:`EncryptedStorage` takes a
+``tenant_secret``: a secret only that tenant holds (a ``secret-input`` provider credential
+it fills in). HKDF-SHA256 turns it into a 32-byte tenant binding, bound into the
+associated data of every data key and record, and a 32-byte tenant key mixed into every
+data key, so a record needs both the master key and the tenant's secret to open, and
+entries copied between tenants fail authentication. There is no set-up without it: a
+missing or short ``tenant_secret`` is a :class:`~secure_kv.errors.ConfigurationError`.
+
+**Layout in Dify's storage**, format 2 (specified in docs/dify.md, pinned by
+``tests/vectors/dify_v2.json``). User keys are stored under their own names, in plaintext;
 names starting with :data:`RESERVED_PREFIX` are reserved:
 
-- ``__secure_kv__/dek-<id>``: one data key (DEK), a random 256-bit key with a random
-  32-bit id, wrapped by the master key with :func:`~secure_kv.envelope.wrap_data_key`
-  (bound to the namespace and the id) and stored with the master key's ``kek_id``, so a
-  wrong master key raises :class:`~secure_kv.errors.MasterKeyError` rather than looking
-  like tampering. Never overwritten.
-- ``__secure_kv__/dek``: a copy of the data key new values are sealed with.
+- ``__secure_kv__/v2/dek-<id>``: one data key (DEK), random 256 bits with a random 32-bit
+  id, wrapped by the master key with associated data ``"secure_kv/dify/v2/dek"`` | tenant
+  binding | namespace | id (labels distinct from the SQL store's, so nothing moves between
+  the two), and stored with the master key's ``kek_id``, so a wrong master key raises
+  :class:`~secure_kv.errors.MasterKeyError` rather than looking like tampering. Never
+  overwritten.
+- ``__secure_kv__/v2/dek``: a copy of the data key new values are sealed with.
 - every other key: a record, ``"SKVD"`` | format | category | ``expires_at`` | the value
-  sealed by :func:`~secure_kv.envelope.seal_value`, whose associated data binds the
-  namespace, the key, the category and ``expires_at`` (so all three are authenticated).
+  sealed by :func:`~secure_kv.envelope.seal_value` under the tenant's data key, whose
+  associated data binds ``"secure_kv/dify/v2/record"``, the tenant binding, the namespace,
+  the key, the category and ``expires_at``.
+
+Format 1 (secure_kv before this layout) bound no tenant: its entries, which an attacker
+could have copied from another tenant, are refused with an
+:class:`~secure_kv.errors.AuthenticationError` saying so, and its ``__secure_kv__/dek*``
+entries are left unused.
 
 **Creating the data key without compare-and-set.** Dify's storage has none, so two plugin
 processes may both find no data key and both create one. Each writes its new key under its
@@ -86,6 +104,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar
 
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
 from ..categories import CATEGORIES_BY_CODE, CATEGORY_CODES, Category, parse_category
 from ..datakeys import now_micros
 from ..envelope import (
@@ -98,11 +119,10 @@ from ..envelope import (
     parse_header,
     record_context,
     seal_value,
-    unwrap_data_key,
-    wrap_data_key,
 )
 from ..errors import (
     AuthenticationError,
+    ConfigurationError,
     InvalidInputError,
     InvalidTypeError,
     MasterKeyError,
@@ -110,7 +130,7 @@ from ..errors import (
     StorageError,
     UnsupportedVersionError,
 )
-from ..keys import MasterKeyProvider, provider_from_settings
+from ..keys import MasterKey, MasterKeyProvider, provider_from_settings
 from ..settings import Settings, load_settings
 from ..validation import Buffer, check_key, check_ttl, check_value, check_workspace_name
 
@@ -121,6 +141,7 @@ __all__ = [
     "CURRENT_DATA_KEY",
     "DEFAULT_MAX_VALUE_BYTES",
     "DEFAULT_NAMESPACE",
+    "MIN_TENANT_SECRET_BYTES",
     "RECORD_OVERHEAD",
     "RESERVED_PREFIX",
     "EncryptedStorage",
@@ -130,8 +151,10 @@ __all__ = [
 
 #: Keys starting with this are secure_kv's own (its data keys); users cannot use them.
 RESERVED_PREFIX = "__secure_kv__"
-#: Where the data key that seals new values is kept.
-CURRENT_DATA_KEY = f"{RESERVED_PREFIX}/dek"
+#: Where the data key that seals new values is kept (format 2; format 1 used ``__secure_kv__/dek``).
+CURRENT_DATA_KEY = f"{RESERVED_PREFIX}/v2/dek"
+#: The shortest ``tenant_secret`` accepted: 32 bytes (``secure-kv keygen`` prints 44 characters).
+MIN_TENANT_SECRET_BYTES = 32
 #: The workspace label bound into every record and data key unless another is given.
 DEFAULT_NAMESPACE = "dify-plugin-storage"
 
@@ -143,7 +166,8 @@ DAEMON_MAX_LINE_BYTES = 5 * 1024 * 1024
 _REQUEST_FRAMING_RESERVE = 4096
 
 _RECORD_MAGIC = b"SKVD"
-_RECORD_FORMAT = 1
+_RECORD_FORMAT = 2
+_LEGACY_FORMAT = 1  # bound no tenant: refused (see the module docstring)
 _RECORD_HEADER = struct.Struct(">4sBBq")  # magic, format, category code, expires_at
 #: Bytes a sealed record takes beyond its value: 14 of record header, 50 of envelope.
 RECORD_OVERHEAD = _RECORD_HEADER.size + SEAL_OVERHEAD
@@ -151,10 +175,19 @@ RECORD_OVERHEAD = _RECORD_HEADER.size + SEAL_OVERHEAD
 DEFAULT_MAX_VALUE_BYTES = (DAEMON_MAX_LINE_BYTES - _REQUEST_FRAMING_RESERVE) // 2 - RECORD_OVERHEAD
 
 _KEY_RECORD_MAGIC = b"SKVK"
-_KEY_RECORD_FORMAT = 1
+_KEY_RECORD_FORMAT = 2
 _KEY_RECORD_HEADER = struct.Struct(">4sBIB")  # magic, format, key id, length of kek_id
 _MAX_CREATE_ATTEMPTS = 8
 _MAX_CACHED_KEYS = 64
+
+# Labels of format 2, distinct from the SQL store's ("secure_kv/v1/dek", a bare context).
+_TENANT_SALT = b"secure_kv/dify/v2/tenant"
+_TENANT_INFO = b"secure_kv/dify/v2/tenant-keys"
+_DEK_LABEL = b"secure_kv/dify/v2/dek"
+_DATA_KEY_INFO = b"secure_kv/dify/v2/data-key"
+_RECORD_LABEL = b"secure_kv/dify/v2/record"
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
 
 
 class PluginStorage(Protocol):
@@ -215,6 +248,65 @@ def check_dify_key(key: object) -> bytes:
 # --- Byte layouts (docs/dify.md) -------------------------------------------------------
 
 
+@dataclass(frozen=True, repr=False)
+class _Tenant:
+    """What a tenant's secret yields: a binding for associated data and a key for its DEKs."""
+
+    binding: bytes
+    key: bytes
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("a tenant binding holds key material and cannot be pickled")
+
+
+def _tenant_from_secret(secret: object) -> _Tenant:
+    """HKDF-SHA256 of the tenant's secret: 32 bytes of binding, then 32 bytes of tenant key.
+
+    The secret is checked, never echoed: it is a credential.
+    """
+    if isinstance(secret, str):
+        raw = secret.strip().encode("utf-8")
+    elif isinstance(secret, (bytes, bytearray)):
+        raw = bytes(secret)
+    elif secret is None:
+        raise ConfigurationError(
+            "EncryptedStorage needs tenant_secret=: a secret only this Dify workspace holds, such as "
+            "a secret-input provider credential filled with `secure-kv keygen` output "
+            "(self.runtime.credentials[...]); without it one tenant's entries copied into another's "
+            "storage would open there (docs/dify.md)"
+        )
+    else:
+        raise InvalidTypeError(f"tenant_secret must be str or bytes, not {type(secret).__name__}")
+    if len(raw) < MIN_TENANT_SECRET_BYTES:
+        raise ConfigurationError(
+            f"tenant_secret is {len(raw)} bytes; at least {MIN_TENANT_SECRET_BYTES} are needed: "
+            "fill the credential with the output of `secure-kv keygen`"
+        )
+    derived = HKDF(algorithm=SHA256(), length=64, salt=_TENANT_SALT, info=_TENANT_INFO).derive(raw)
+    return _Tenant(derived[:32], derived[32:])
+
+
+def _dek_associated_data(tenant: _Tenant, namespace: bytes, key_id: int) -> bytes:
+    return _DEK_LABEL + tenant.binding + _U16.pack(len(namespace)) + namespace + _U32.pack(key_id)
+
+
+def _wrap_dek(master: MasterKey, tenant: _Tenant, dek: bytes, namespace: bytes, key_id: int) -> bytes:
+    return master.wrap(dek, _dek_associated_data(tenant, namespace, key_id))
+
+
+def _unwrap_dek(master: MasterKey, tenant: _Tenant, wrapped: bytes, namespace: bytes, key_id: int) -> DataKey:
+    """Unwrap and mix in the tenant key: the DEK alone, with the master key, opens nothing."""
+    dek = master.unwrap(wrapped, _dek_associated_data(tenant, namespace, key_id))
+    kdf = HKDF(algorithm=SHA256(), length=32, salt=tenant.key, info=_DATA_KEY_INFO + _U32.pack(key_id))
+    return DataKey(kdf.derive(dek), namespace, key_id)
+
+
+def _record_context(
+    tenant: _Tenant, namespace: bytes, key: bytes, category_code: int, expires_at: int | None
+) -> bytes:
+    return _RECORD_LABEL + tenant.binding + record_context(namespace, key, category_code, expires_at)
+
+
 @dataclass(frozen=True)
 class _Record:
     category: Category
@@ -224,6 +316,7 @@ class _Record:
 
 def _seal_record(
     data_key: DataKey,
+    tenant: _Tenant,
     namespace: bytes,
     key: bytes,
     category: Category,
@@ -233,17 +326,21 @@ def _seal_record(
     salt: bytes | None = None,
     nonce: bytes | None = None,
 ) -> bytes:
-    """``"SKVD"`` | u8 format | u8 category | i64 expires_at | sealed value (envelope format 1).
+    """``"SKVD"`` | u8 format (2) | u8 category | i64 expires_at | sealed value (envelope format 1).
 
     ``salt`` and ``nonce`` are for test vectors only.
     """
     code = CATEGORY_CODES[category]
-    context = record_context(namespace, key, code, expires_at)
+    context = _record_context(tenant, namespace, key, code, expires_at)
     sealed = seal_value(data_key, context, value, salt=salt, nonce=nonce)
     header = _RECORD_HEADER.pack(
         _RECORD_MAGIC, _RECORD_FORMAT, code, NO_EXPIRY if expires_at is None else expires_at
     )
     return header + bytes(sealed)
+
+
+class _LegacyFormatError(AuthenticationError):
+    """An entry of format 1: refused, with a message that says so rather than "tampered"."""
 
 
 def _parse_record(blob: bytes) -> _Record:
@@ -256,6 +353,11 @@ def _parse_record(blob: bytes) -> _Record:
             f"record has format {version}: it was written by a newer secure_kv "
             f"(this one reads format {_RECORD_FORMAT}); upgrade secure_kv"
         )
+    if version == _LEGACY_FORMAT:
+        raise _LegacyFormatError(
+            "has format 1 (an earlier secure_kv), which bound no tenant: it may have been copied "
+            "from another tenant's storage, so it is not read; write the value again"
+        )
     category = CATEGORIES_BY_CODE.get(code)
     if version != _RECORD_FORMAT or category is None:
         raise AuthenticationError("record header is malformed")
@@ -263,7 +365,7 @@ def _parse_record(blob: bytes) -> _Record:
 
 
 def _key_record(key_id: int, kek_id: str, wrapped: bytes) -> bytes:
-    """``"SKVK"`` | u8 format | u32 key id | u8 length | kek_id (ASCII) | wrapped DEK."""
+    """``"SKVK"`` | u8 format (2) | u32 key id | u8 length | kek_id (ASCII) | wrapped DEK."""
     kek = kek_id.encode("ascii")
     if len(kek) > 255:
         raise MasterKeyError("the master key's kek_id is longer than 255 characters")
@@ -279,6 +381,8 @@ def _parse_key_record(blob: bytes) -> tuple[int, str, bytes]:
         raise UnsupportedVersionError(
             f"data key record has format {version}: it was written by a newer secure_kv; upgrade secure_kv"
         )
+    if version == _LEGACY_FORMAT:
+        raise _LegacyFormatError("has format 1, which bound no tenant; it is not read")
     start = _KEY_RECORD_HEADER.size
     kek = blob[start : start + kek_length]
     if version != _KEY_RECORD_FORMAT or len(kek) != kek_length or not kek.isascii():
@@ -287,7 +391,7 @@ def _parse_key_record(blob: bytes) -> tuple[int, str, bytes]:
 
 
 def _data_key_name(key_id: int) -> str:
-    return f"{RESERVED_PREFIX}/dek-{key_id:08x}"
+    return f"{RESERVED_PREFIX}/v2/dek-{key_id:08x}"
 
 
 # --- The wrapper -----------------------------------------------------------------------
@@ -305,15 +409,22 @@ def _reason(error: BaseException) -> str:
 class EncryptedStorage:
     """Dify's plugin storage, encrypted on the plugin's side.
 
-    ``EncryptedStorage(self.session.storage, master_key=provider)`` has the same four
-    methods as the storage it wraps, plus secure_kv's categories and TTLs::
+    ``EncryptedStorage(self.session.storage, master_key=provider, tenant_secret=secret)``
+    has the same four methods as the storage it wraps, plus secure_kv's categories and TTLs::
 
-        storage = EncryptedStorage(self.session.storage, master_key=EnvMasterKey())
+        storage = EncryptedStorage(
+            self.session.storage,
+            master_key=EnvMasterKey(),
+            tenant_secret=self.runtime.credentials["secure_kv_tenant_secret"],
+        )
         storage.set("openai", b"sk-...", category=Category.TOKEN)
         storage.get("openai")        # b"sk-..."; None when missing or expired
 
     Every value is sealed with AES-256-GCM under a data key kept in the same storage,
-    wrapped by the master key. ``namespace`` is the workspace label bound into every record
+    wrapped by the master key and mixed with the tenant key derived from ``tenant_secret``
+    (required: at least 32 bytes only this tenant holds; see the module docstring). Values
+    written under one ``tenant_secret`` do not open under another, so keep the credential.
+    ``namespace`` is the workspace label bound into every record
     and data key; keep the default, or pick one per storage and never change it (records
     written under another namespace fail authentication). ``max_value_bytes`` defaults to
     what fits the daemon's 5 MiB request line (:data:`DEFAULT_MAX_VALUE_BYTES`) or
@@ -333,6 +444,7 @@ class EncryptedStorage:
         "_namespace_bytes",
         "_provider",
         "_storage",
+        "_tenant",
         "namespace",
     )
 
@@ -341,6 +453,7 @@ class EncryptedStorage:
         storage: PluginStorage,
         master_key: MasterKeyProvider | None = None,
         *,
+        tenant_secret: str | bytes | None = None,
         namespace: str = DEFAULT_NAMESPACE,
         max_value_bytes: int | None = None,
         default_cache_ttl: float | None = None,
@@ -363,6 +476,7 @@ class EncryptedStorage:
         ):
             raise InvalidInputError("max_value_bytes must be a non-negative int")
         cache_ttl = check_ttl(default_cache_ttl)
+        self._tenant = _tenant_from_secret(tenant_secret)
         self._namespace_bytes = check_workspace_name(namespace)
         self.namespace = namespace
         settings: Settings | None = None
@@ -414,7 +528,9 @@ class EncryptedStorage:
             seconds = self._default_cache_ttl
         expires_at = None if seconds is None else now_micros() + max(1, math.ceil(seconds * 1_000_000))
         data_key = self._current_key()
-        blob = _seal_record(data_key, self._namespace_bytes, key_bytes, chosen, expires_at, value)
+        blob = _seal_record(
+            data_key, self._tenant, self._namespace_bytes, key_bytes, chosen, expires_at, value
+        )
         self._call(f"write {self._describe(key)}", lambda: self._storage.set(key, blob))
 
     def get(self, key: str) -> bytes | None:
@@ -500,7 +616,9 @@ class EncryptedStorage:
         master = self._provider.current_key()
         key_id = self._new_key_id()
         record = _key_record(
-            key_id, master.kek_id, wrap_data_key(master, new_data_key_bytes(), self._namespace_bytes, key_id)
+            key_id,
+            master.kek_id,
+            _wrap_dek(master, self._tenant, new_data_key_bytes(), self._namespace_bytes, key_id),
         )
         # Its own name first, never overwritten: values sealed under it stay readable even
         # if another process's key wins the pointer.
@@ -547,6 +665,8 @@ class EncryptedStorage:
             key_id, kek_id, wrapped = _parse_key_record(blob)
         except UnsupportedVersionError as error:
             raise UnsupportedVersionError(f"{where}: {error}") from None
+        except _LegacyFormatError as error:
+            raise AuthenticationError(f"{where} {error}") from None
         except AuthenticationError:
             raise AuthenticationError(f"{where} failed authentication: it is malformed") from None
         if expected_id is not None and key_id != expected_id:
@@ -559,12 +679,13 @@ class EncryptedStorage:
                 f"holds only {held}; use that master key (or list it as a previous key)"
             )
         try:
-            data_key = unwrap_data_key(master, wrapped, self._namespace_bytes, key_id)
+            data_key = _unwrap_dek(master, self._tenant, wrapped, self._namespace_bytes, key_id)
         except UnsupportedVersionError as error:
             raise UnsupportedVersionError(f"{where}: {error}") from None
         except AuthenticationError:
             raise AuthenticationError(
-                f"{where} failed authentication: it was altered, or written under another namespace"
+                f"{where} failed authentication: it was altered, or written for another tenant "
+                "(another tenant_secret) or namespace"
             ) from None
         if len(self._keys) >= _MAX_CACHED_KEYS:
             self._keys.clear()
@@ -578,14 +699,16 @@ class EncryptedStorage:
             return _parse_record(blob)
         except UnsupportedVersionError as error:
             raise UnsupportedVersionError(f"{self._describe(key)}: {error}") from None
+        except _LegacyFormatError as error:
+            raise AuthenticationError(f"{self._describe(key)} {error}") from None
         except AuthenticationError:
             raise self._tampered(key) from None
 
     def _open_value(
         self, key: str, key_bytes: bytes, record: _Record, data_key: DataKey, header: Header
     ) -> bytes:
-        context = record_context(
-            self._namespace_bytes, key_bytes, CATEGORY_CODES[record.category], record.expires_at
+        context = _record_context(
+            self._tenant, self._namespace_bytes, key_bytes, CATEGORY_CODES[record.category], record.expires_at
         )
         try:
             return open_value(data_key, context, record.sealed, header)
@@ -596,18 +719,24 @@ class EncryptedStorage:
 
     def _fetch(self, key: str) -> bytes | None:
         """The stored bytes, or ``None`` for a missing key, whichever way the SDK says so."""
-        try:
-            raw = self._storage.get(key)
-        except SecureKVError:
-            raise
-        except Exception as error:
-            # SDK 0.7.x raises a bare Exception for a missing key, with the same daemon
-            # message as for any other failed load: only exist() tells them apart.
-            if self._raw_exist(key) is False:
-                return None
-            raise StorageError(
-                f"Dify storage could not read {self._describe(key)}: {_reason(error)}"
-            ) from None
+        for attempt in range(2):
+            try:
+                raw = self._storage.get(key)
+                break
+            except SecureKVError:
+                raise
+            except Exception as error:
+                # SDK 0.7.x raises a bare Exception for a missing key, with the same daemon
+                # message as for any other failed load: only exist() tells them apart. A key
+                # that exists now may have been written between the two calls (another
+                # process creating the data key): read it once more before calling it a failure.
+                exists = self._raw_exist(key)
+                if exists is False:
+                    return None
+                if exists is None or attempt == 1:
+                    raise StorageError(
+                        f"Dify storage could not read {self._describe(key)}: {_reason(error)}"
+                    ) from None
         if raw is None:
             return None
         if not isinstance(raw, (bytes, bytearray, memoryview)):

@@ -7,6 +7,7 @@ by implementing the same two classes (see ``base.py``).
 
 from __future__ import annotations
 
+from ..env_keys import environment_keys, take_from_environment
 from ..errors import ConfigurationError
 from ..settings import KeyProviderName, Settings
 from .base import MasterKey, MasterKeyProvider, generate_master_key
@@ -35,7 +36,11 @@ def provider_from_settings(settings: Settings, *, create: bool = False) -> Maste
             environ["SECURE_KV_MASTER_KEY"] = settings.master_key.get_secret_value()
         if settings.previous_master_keys is not None:
             environ["SECURE_KV_PREVIOUS_MASTER_KEYS"] = settings.previous_master_keys.get_secret_value()
-        return EnvMasterKey(environ)
+        if "SECURE_KV_MASTER_KEY" not in environ:  # taken out of os.environ by an earlier open
+            environ = {**environment_keys(), **environ}
+        provider = EnvMasterKey(environ)
+        take_from_environment(environ)  # child processes must not inherit the key
+        return provider
     if settings.key_provider is KeyProviderName.FILE:
         if settings.master_key_file is None:
             raise ConfigurationError("SECURE_KV_KEY_PROVIDER=file needs SECURE_KV_MASTER_KEY_FILE (a path)")

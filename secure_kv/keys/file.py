@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
@@ -18,11 +19,16 @@ log = logging.getLogger("secure_kv.keys")
 class FileMasterKey(_ReloadingProvider, _RawKeyProvider):
     """Keys from ``path`` (``SECURE_KV_MASTER_KEY_FILE``).
 
-    Blank lines and lines starting with ``#`` are ignored. A file that group or others can
-    *write* is refused: whoever can write it can plant a key. One they can *read* is used
-    with a warning, because container secret mounts are often mode 0444 inside a private
-    mount, where that is safe. Asked for a key it does not hold (a data key rewrapped by a
-    rotation), it reads the file again.
+    Blank lines and lines starting with ``#`` are ignored. On POSIX the file must be a
+    regular file, not a symbolic link, owned by the current user or root, with no
+    permission for group or others (``chmod 600``), in a directory owned by the current
+    user or root that group and others cannot write: whoever can write the file or its
+    directory can plant a key, and whoever can read it holds every value. It is opened
+    once (``O_NOFOLLOW``, relative to the directory opened first) and the checks are made
+    on what was opened, so nothing can be swapped between check and read. Asked for a key
+    it does not hold (a data key rewrapped by a rotation), and at most every 60 seconds, it
+    reads the file again with the same checks; a file that fails them then is not used
+    (the keys read before stay, with a warning).
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -42,8 +48,9 @@ class FileMasterKey(_ReloadingProvider, _RawKeyProvider):
 
     def _load(self) -> list[RawMasterKey]:
         try:
-            info = self.path.stat()
-            text = self.path.read_text(encoding="utf-8")
+            text = (
+                _read_private_file(self.path) if os.name == "posix" else self.path.read_text(encoding="utf-8")
+            )
         except FileNotFoundError:
             raise MasterKeyError(
                 f"master key file {self.path} does not exist: create it with "
@@ -53,19 +60,6 @@ class FileMasterKey(_ReloadingProvider, _RawKeyProvider):
             raise MasterKeyError(
                 f"cannot read master key file {self.path}: {error.__class__.__name__}"
             ) from None
-        if os.name == "posix":
-            if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-                raise MasterKeyError(
-                    f"master key file {self.path} is writable by group or others "
-                    f"(mode {stat.S_IMODE(info.st_mode):o}): run `chmod 600 {self.path}`"
-                )
-            if info.st_mode & (stat.S_IRGRP | stat.S_IROTH):
-                log.warning(
-                    "master key file %s is readable by group or others (mode %o); "
-                    "chmod 600 it unless it sits in a private secret mount",
-                    self.path,
-                    stat.S_IMODE(info.st_mode),
-                )
         keys: list[RawMasterKey] = []
         for number, line in enumerate(text.splitlines(), start=1):
             if line.strip() and not line.lstrip().startswith("#"):
@@ -73,3 +67,64 @@ class FileMasterKey(_ReloadingProvider, _RawKeyProvider):
         if not keys:
             raise MasterKeyError(f"master key file {self.path} holds no key")
         return keys
+
+
+def _trusted_owner(uid: int) -> bool:
+    return uid in (0, os.geteuid())
+
+
+def _read_private_file(path: Path) -> str:
+    """Open ``path`` once, check what was opened, and read it (POSIX).
+
+    The directory is opened first and checked, then the file relative to it with
+    ``O_NOFOLLOW``, and both are checked with ``fstat`` on the open descriptors.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+    directory = os.open(path.parent, flags | getattr(os, "O_DIRECTORY", 0))
+    try:
+        info = os.fstat(directory)
+        if not _trusted_owner(info.st_uid):
+            raise MasterKeyError(
+                f"the directory of master key file {path} belongs to another user (uid {info.st_uid}): "
+                "keep the file in a directory of your own"
+            )
+        if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise MasterKeyError(
+                f"the directory of master key file {path} is writable by group or others "
+                f"(mode {stat.S_IMODE(info.st_mode):o}): others could replace the file; run "
+                f"`chmod go-w {path.parent}` or move the file to a private directory"
+            )
+        try:
+            # O_NONBLOCK: a FIFO planted under the name must not hang the open.
+            descriptor = os.open(path.name, flags | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=directory)
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise MasterKeyError(
+                    f"master key file {path} is a symbolic link: point SECURE_KV_MASTER_KEY_FILE at "
+                    "the file itself"
+                ) from None
+            raise
+    finally:
+        os.close(directory)
+    with os.fdopen(descriptor, "rb") as file:
+        info = os.fstat(file.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise MasterKeyError(f"master key file {path} is not a regular file")
+        if not _trusted_owner(info.st_uid):
+            raise MasterKeyError(
+                f"master key file {path} belongs to another user (uid {info.st_uid}): "
+                f"`chown` it to the user running secure_kv and `chmod 600 {path}`"
+            )
+        if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise MasterKeyError(
+                f"master key file {path} is open to group or others "
+                f"(mode {stat.S_IMODE(info.st_mode):o}): run `chmod 600 {path}`"
+            )
+        data = file.read(_MAX_FILE_BYTES + 1)
+        if len(data) > _MAX_FILE_BYTES:
+            raise MasterKeyError(f"master key file {path} is over 1 MiB: it is not a file of keys")
+        return data.decode("utf-8")
+
+
+# A file of keys is a few lines; anything larger is not one, and is not read whole.
+_MAX_FILE_BYTES = 1 << 20

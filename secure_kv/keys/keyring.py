@@ -7,22 +7,27 @@ Entries, under the service name (default ``secure-kv``):
 - ``<username>.<kek_id>``: each previous key, kept under its own versioned name.
 
 Backends that would keep the key in plaintext, or none at all, are refused with an error
-that says what to install instead: a secrets store must never fall back silently.
+that says what to install instead: a secrets store must never fall back silently. Refused
+are keyring's fail and null backends, keyrings.alt's plaintext ones and every subclass of
+them (checked with ``isinstance`` against the real classes), and any backend that keyring's
+own priority rates a fallback (below 1) or not usable here.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 import keyring
 import keyring.errors
+from keyring.backends.chainer import ChainerBackend
 
 from ..errors import MasterKeyError
 from .base import MasterKey, RawMasterKey, _ReloadingProvider, generate_master_key, parse_master_key
 
-__all__ = ["INSECURE_BACKENDS", "KeyringMasterKey"]
+__all__ = ["INSECURE_BACKENDS", "MIN_PRIORITY", "KeyringMasterKey"]
 
 log = logging.getLogger("secure_kv.keys")
 
@@ -30,6 +35,7 @@ DEFAULT_SERVICE = "secure-kv"
 DEFAULT_USERNAME = "master-key"
 
 # Backends that store nothing, fail every call, or write secrets to disk in plaintext.
+# Refused with their subclasses (see _insecure_reason), whatever priority a subclass claims.
 INSECURE_BACKENDS = frozenset(
     {
         "keyring.backends.fail.Keyring",
@@ -39,6 +45,9 @@ INSECURE_BACKENDS = frozenset(
         "keyrings.alt.Gnome.Keyring",  # deprecated GnomeKeyring bindings, unmaintained
     }
 )
+#: keyring's own scale: "a priority of one or greater is recommended"; below is a fallback
+#: (keyrings.alt's files, keyring's fail and null backends).
+MIN_PRIORITY = 1
 
 _INSTALL_HINT = (
     "install a secure keyring backend (Linux desktop: a Secret Service such as "
@@ -53,19 +62,51 @@ def _backend_name(backend: Any) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+def _insecure_classes() -> list[type]:
+    """The real classes of :data:`INSECURE_BACKENDS` among the modules already imported.
+
+    A module not imported has no instances, nor subclasses, so nothing is imported here
+    (keyrings.alt is optional, and its Gnome module needs bindings most hosts lack).
+    """
+    found = []
+    for name in INSECURE_BACKENDS:
+        module_name, _, class_name = name.rpartition(".")
+        module = sys.modules.get(module_name)
+        cls = getattr(module, class_name, None) if module is not None else None
+        if isinstance(cls, type):
+            found.append(cls)
+    return found
+
+
+def _insecure_reason(backend: Any) -> str | None:
+    """Why ``backend`` must not hold a master key, or ``None`` if it may."""
+    cls = type(backend)
+    if isinstance(backend, tuple(_insecure_classes())) or any(
+        f"{base.__module__}.{base.__qualname__}" in INSECURE_BACKENDS for base in cls.__mro__
+    ):
+        return "it stores nothing, fails every call, or keeps secrets in plaintext"
+    try:
+        priority = float(backend.priority)
+    except Exception as error:  # keyring's way to say "not usable here": RuntimeError
+        return f"it is not usable here ({type(error).__name__})"
+    if not priority >= MIN_PRIORITY:  # also refuses NaN
+        return f"keyring rates it a fallback, not recommended (priority {priority:g} < {MIN_PRIORITY})"
+    return None
+
+
 def _check_backend(backend: Any) -> None:
-    chained = getattr(backend, "backends", None)
-    if _backend_name(backend) == "keyring.backends.chainer.ChainerBackend":
-        members = list(chained or [])
+    if isinstance(backend, ChainerBackend):
+        members = list(getattr(backend, "backends", None) or [])
         if not members:
             raise MasterKeyError(f"no usable OS keyring backend: {_INSTALL_HINT}")
         for member in members:
             _check_backend(member)
         return
-    name = _backend_name(backend)
-    if name in INSECURE_BACKENDS:
+    reason = _insecure_reason(backend)
+    if reason is not None:
         raise MasterKeyError(
-            f"the keyring backend {name} is not secure enough for a master key: {_INSTALL_HINT}"
+            f"the keyring backend {_backend_name(backend)} is not secure enough for a master key "
+            f"({reason}): {_INSTALL_HINT}"
         )
 
 

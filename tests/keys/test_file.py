@@ -32,17 +32,13 @@ def test_file_writable_by_others_is_refused(tmp_path: Path, mode: int) -> None:
         FileMasterKey(path)
 
 
-@pytest.mark.parametrize("mode", [0o640, 0o644, 0o444])
-def test_file_readable_by_others_is_used_with_a_warning(
-    tmp_path: Path, mode: int, caplog: pytest.LogCaptureFixture
-) -> None:
+@pytest.mark.parametrize("mode", [0o640, 0o644, 0o444, 0o604, 0o610, 0o601])
+def test_file_open_to_group_or_others_is_refused_naming_chmod_600(tmp_path: Path, mode: int) -> None:
     text = generate_master_key()
     path = _write(tmp_path / "keys", text, mode)
-    with caplog.at_level(logging.WARNING, logger="secure_kv"):
-        provider = FileMasterKey(path)
-    assert provider.current_key().kek_id == parse_master_key(text, "t").kek_id
-    assert any("readable by group or others" in r.getMessage() for r in caplog.records)
-    assert all(text not in r.getMessage() for r in caplog.records)
+    with pytest.raises(MasterKeyError, match="chmod 600") as raised:
+        FileMasterKey(path)
+    assert text not in str(raised.value)
 
 
 def test_private_file_gives_no_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -1,0 +1,1 @@
+"""Attacks, one module per attacker capability of SECURITY.md's threat model."""
