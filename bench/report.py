@@ -418,6 +418,7 @@ def plot_peers(results: dict[str, Any], path: Path) -> bool:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     databases = [
         (name, found["peers"]) for name, found in results["databases"].items() if found and found.get("peers")
@@ -445,7 +446,7 @@ def plot_peers(results: dict[str, Any], path: Path) -> bool:
         axis.set_ylabel("median µs per operation (100-byte values)")
         axis.set_title(TITLES.get(name, name), fontsize=10)
         axis.grid(True, axis="y", which="both", alpha=0.3)
-        axis.legend(fontsize=8)
+        axis.legend(handles=[Patch(color="C0", label="set"), Patch(color="C1", label="get")], fontsize=8)
     env = results["environment"]
     figure.suptitle(
         f"secure_kv {env['secure_kv']} vs encryption libraries through plain Core, one run "
