@@ -58,8 +58,11 @@ another's, where they would open. So every :class:`EncryptedStorage` takes a
 it fills in). HKDF-SHA256 turns it into a 32-byte tenant binding, bound into the
 associated data of every data key and record, and a 32-byte tenant key mixed into every
 data key, so a record needs both the master key and the tenant's secret to open, and
-entries copied between tenants fail authentication. There is no set-up without it: a
-missing or short ``tenant_secret`` is a :class:`~secure_kv.errors.ConfigurationError`.
+entries copied between tenants fail authentication. The other safe set-up gives each
+tenant its own master key, ``master_key=StaticMasterKey(<key from the tenant's credential>)``,
+with no ``tenant_secret``: another tenant's entries were wrapped by another key. Any other
+provider (env, file, keyring, HSM, KMS: one key for the whole deployment) without a
+``tenant_secret``, or a short one, is a :class:`~secure_kv.errors.ConfigurationError`.
 
 **Layout in Dify's storage**, format 2 (specified in docs/dify.md, pinned by
 ``tests/vectors/dify_v2.json``). User keys are stored under their own names, in plaintext;
@@ -130,7 +133,7 @@ from ..errors import (
     StorageError,
     UnsupportedVersionError,
 )
-from ..keys import MasterKey, MasterKeyProvider, provider_from_settings
+from ..keys import MasterKey, MasterKeyProvider, StaticMasterKey, provider_from_settings
 from ..settings import Settings, load_settings
 from ..validation import Buffer, check_key, check_ttl, check_value, check_workspace_name
 
@@ -270,10 +273,11 @@ def _tenant_from_secret(secret: object) -> _Tenant:
         raw = bytes(secret)
     elif secret is None:
         raise ConfigurationError(
-            "EncryptedStorage needs tenant_secret=: a secret only this Dify workspace holds, such as "
-            "a secret-input provider credential filled with `secure-kv keygen` output "
-            "(self.runtime.credentials[...]); without it one tenant's entries copied into another's "
-            "storage would open there (docs/dify.md)"
+            "EncryptedStorage over a master key shared by every tenant needs tenant_secret=: a "
+            "secret only this Dify workspace holds, such as a secret-input provider credential "
+            "filled with `secure-kv keygen` output (self.runtime.credentials[...]); or give the "
+            "tenant's own key as master_key=StaticMasterKey(...). Without either, one tenant's "
+            "entries copied into another's storage would open there (docs/dify.md)"
         )
     else:
         raise InvalidTypeError(f"tenant_secret must be str or bytes, not {type(secret).__name__}")
@@ -284,6 +288,14 @@ def _tenant_from_secret(secret: object) -> _Tenant:
         )
     derived = HKDF(algorithm=SHA256(), length=64, salt=_TENANT_SALT, info=_TENANT_INFO).derive(raw)
     return _Tenant(derived[:32], derived[32:])
+
+
+# The binding of a storage whose master key is the tenant's own (a StaticMasterKey built from
+# its credential): a fixed label, distinct from every secret-derived binding.
+_OWN_KEY_DERIVED = HKDF(
+    algorithm=SHA256(), length=64, salt=_TENANT_SALT, info=b"secure_kv/dify/v2/own-key"
+).derive(b"the master key is the tenant's own")
+_OWN_KEY_TENANT = _Tenant(_OWN_KEY_DERIVED[:32], _OWN_KEY_DERIVED[32:])
 
 
 def _dek_associated_data(tenant: _Tenant, namespace: bytes, key_id: int) -> bytes:
@@ -476,7 +488,13 @@ class EncryptedStorage:
         ):
             raise InvalidInputError("max_value_bytes must be a non-negative int")
         cache_ttl = check_ttl(default_cache_ttl)
-        self._tenant = _tenant_from_secret(tenant_secret)
+        if tenant_secret is None and isinstance(master_key, StaticMasterKey):
+            # A key handed over in memory is this tenant's own (its secret-input credential,
+            # docs/dify.md): another tenant's entries were wrapped by another key and do not
+            # unwrap here, so the key itself binds the tenant.
+            self._tenant = _OWN_KEY_TENANT
+        else:
+            self._tenant = _tenant_from_secret(tenant_secret)
         self._namespace_bytes = check_workspace_name(namespace)
         self.namespace = namespace
         settings: Settings | None = None

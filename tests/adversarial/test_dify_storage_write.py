@@ -2,9 +2,10 @@
 
 They can copy, replace and delete the bytes of any tenant's entries, but hold neither the
 master key (in the plugin's environment) nor any tenant's secret (a Dify credential). One
-master key serves every tenant, as docs/dify.md's env set-up does. What must hold: nothing
-they move between tenants, or between Dify storage and a SQL store sharing the master key,
-opens; the set-up without a tenant binding is refused.
+master key serves every tenant, as docs/dify.md's env set-up does; or each tenant brings its
+own key (a StaticMasterKey from its credential). What must hold: nothing they move between
+tenants, or between Dify storage and a SQL store sharing the master key, opens; a shared key
+without a tenant binding is refused.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import pytest
 import sqlalchemy as sa
 
 from secure_kv import Category, SecureStore
-from secure_kv.errors import AuthenticationError, ConfigurationError
+from secure_kv.errors import AuthenticationError, ConfigurationError, MasterKeyError
 from secure_kv.integrations.dify import EncryptedStorage
-from secure_kv.keys import StaticMasterKey
+from secure_kv.keys import EnvMasterKey, MasterKeyProvider, StaticMasterKey
 from secure_kv.keys.base import generate_master_key
 
 from ..dify_daemon import InMemoryDifyDaemon, import_sdk
@@ -34,9 +35,9 @@ RECORD_HEADER_BYTES = 14  # docs/dify.md: magic, format, category, expires_at
 
 
 @pytest.fixture
-def shared_key() -> StaticMasterKey:
+def shared_key() -> EnvMasterKey:
     """The one master key in the plugin's environment, for every tenant."""
-    return StaticMasterKey(os.urandom(32))
+    return EnvMasterKey({"SECURE_KV_MASTER_KEY": generate_master_key()})
 
 
 @pytest.fixture
@@ -56,12 +57,12 @@ def _copy(source: InMemoryDifyDaemon, target: InMemoryDifyDaemon, names: list[st
         target.replace(name, source.stored(name))
 
 
-def _storage(daemon: InMemoryDifyDaemon, key: StaticMasterKey, secret: str) -> EncryptedStorage:
+def _storage(daemon: InMemoryDifyDaemon, key: MasterKeyProvider, secret: str) -> EncryptedStorage:
     return EncryptedStorage(daemon.connect().storage, master_key=key, tenant_secret=secret)
 
 
 def test_a_token_copied_with_its_data_key_into_another_tenant_does_not_open(
-    tenants: tuple[InMemoryDifyDaemon, InMemoryDifyDaemon], shared_key: StaticMasterKey
+    tenants: tuple[InMemoryDifyDaemon, InMemoryDifyDaemon], shared_key: EnvMasterKey
 ) -> None:
     a, b = tenants
     _storage(a, shared_key, SECRET_A).set("token", b"sk-tenant-a", category=Category.TOKEN)
@@ -75,7 +76,7 @@ def test_a_token_copied_with_its_data_key_into_another_tenant_does_not_open(
 
 
 def test_a_token_copied_next_to_the_other_tenants_own_data_key_does_not_open(
-    tenants: tuple[InMemoryDifyDaemon, InMemoryDifyDaemon], shared_key: StaticMasterKey
+    tenants: tuple[InMemoryDifyDaemon, InMemoryDifyDaemon], shared_key: EnvMasterKey
 ) -> None:
     a, b = tenants
     _storage(a, shared_key, SECRET_A).set("token", b"sk-tenant-a", category=Category.TOKEN)
@@ -87,7 +88,7 @@ def test_a_token_copied_next_to_the_other_tenants_own_data_key_does_not_open(
 
 
 def test_the_tenant_whose_entries_they_are_still_reads_them(
-    tenants: tuple[InMemoryDifyDaemon, InMemoryDifyDaemon], shared_key: StaticMasterKey
+    tenants: tuple[InMemoryDifyDaemon, InMemoryDifyDaemon], shared_key: EnvMasterKey
 ) -> None:
     # The binding is the secret, not the storage path: a tenant's storage restored
     # elsewhere (a move between Dify deployments) stays readable by that tenant.
@@ -98,7 +99,7 @@ def test_the_tenant_whose_entries_they_are_still_reads_them(
 
 
 def test_a_shared_master_key_without_a_tenant_secret_is_refused(
-    tenants: tuple[InMemoryDifyDaemon, InMemoryDifyDaemon], shared_key: StaticMasterKey
+    tenants: tuple[InMemoryDifyDaemon, InMemoryDifyDaemon], shared_key: EnvMasterKey
 ) -> None:
     a, _ = tenants
     with pytest.raises(ConfigurationError, match="tenant_secret"):
@@ -109,7 +110,7 @@ def test_a_shared_master_key_without_a_tenant_secret_is_refused(
 
 
 def test_the_master_key_alone_opens_no_value(
-    tenants: tuple[InMemoryDifyDaemon, InMemoryDifyDaemon], shared_key: StaticMasterKey
+    tenants: tuple[InMemoryDifyDaemon, InMemoryDifyDaemon], shared_key: EnvMasterKey
 ) -> None:
     # Whoever holds the plugin's master key and a copy of the storage, but not the tenant's
     # credential, reads nothing with any other secret.
@@ -136,7 +137,7 @@ def _sql_rows(url: str) -> tuple[bytes, bytes]:
 
 def test_a_sql_data_key_and_record_planted_in_dify_storage_do_not_open(
     tenants: tuple[InMemoryDifyDaemon, InMemoryDifyDaemon],
-    shared_key: StaticMasterKey,
+    shared_key: EnvMasterKey,
     sqlite_url: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -157,7 +158,7 @@ def test_a_sql_data_key_and_record_planted_in_dify_storage_do_not_open(
 
 def test_a_dify_data_key_and_record_planted_in_a_sql_store_do_not_open(
     tenants: tuple[InMemoryDifyDaemon, InMemoryDifyDaemon],
-    shared_key: StaticMasterKey,
+    shared_key: EnvMasterKey,
     database_url: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -182,3 +183,36 @@ def test_a_dify_data_key_and_record_planted_in_a_sql_store_do_not_open(
     with SecureStore.open(database_url, master_key=shared_key) as store:
         with pytest.raises(AuthenticationError):
             store.workspace("dify-plugin-storage").get("token")
+
+
+def test_tenants_with_their_own_master_keys_need_no_tenant_secret_and_copies_do_not_open(
+    tenants: tuple[InMemoryDifyDaemon, InMemoryDifyDaemon],
+) -> None:
+    """DESIGN.md's form, EncryptedStorage(storage, master_key=provider), with each tenant's own
+    key taken from its credential: the key itself binds the tenant."""
+    a, b = tenants
+    key_a, key_b = StaticMasterKey(os.urandom(32)), StaticMasterKey(os.urandom(32))
+    storage_a = EncryptedStorage(a.connect().storage, master_key=key_a)
+    storage_a.set("token", b"sk-tenant-a", category=Category.TOKEN)
+    assert EncryptedStorage(a.connect().storage, master_key=key_a).get("token") == b"sk-tenant-a"
+    storage_b = EncryptedStorage(b.connect().storage, master_key=key_b)
+    storage_b.set("own", b"b's value")  # B has a data key of its own
+    _copy(a, b, ["token"])  # the record alone, next to B's data key
+    with pytest.raises(AuthenticationError):
+        storage_b.get("token")
+    _copy(a, b, a.keys())  # and with A's data key: wrapped by a key B does not hold
+    with pytest.raises((AuthenticationError, MasterKeyError)):
+        EncryptedStorage(b.connect().storage, master_key=key_b).get("token")
+
+
+def test_an_own_key_entry_does_not_open_under_a_tenant_secret_with_the_same_key(
+    tenants: tuple[InMemoryDifyDaemon, InMemoryDifyDaemon],
+) -> None:
+    a, b = tenants
+    raw = os.urandom(32)
+    EncryptedStorage(a.connect().storage, master_key=StaticMasterKey(raw)).set("token", b"sk-a")
+    _copy(a, b, a.keys())
+    with pytest.raises(AuthenticationError):
+        EncryptedStorage(b.connect().storage, master_key=StaticMasterKey(raw), tenant_secret=SECRET_B).get(
+            "token"
+        )
