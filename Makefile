@@ -25,8 +25,18 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-fuzz: $(STAMP)
-	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -m "not slow" tests/test_properties.py
+FUZZ_STAMP := $(VENV)/.fuzz-installed
+FUZZ_SECONDS ?= 300
+
+$(FUZZ_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[dev,fuzz]'
+	touch $(FUZZ_STAMP)
+
+# The adversarial suite and the properties with thousands of examples each (about 30-60
+# minutes on 2 cores), then atheris on the stored-bytes parsers for FUZZ_SECONDS.
+fuzz: $(FUZZ_STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -m "not slow" tests/test_properties.py tests/adversarial
+	$(BIN)/python tests/fuzz/fuzz_parsers.py -max_total_time=$(FUZZ_SECONDS)
 
 # Worker processes on SQLite, PostgreSQL (direct and through a PgBouncer it starts) and
 # MariaDB while workers are SIGKILLed, connections terminated and PgBouncer restarted;

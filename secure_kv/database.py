@@ -262,6 +262,9 @@ class Database:
                 cursor.execute("PRAGMA journal_mode=WAL")
                 cursor.execute(f"PRAGMA synchronous={synchronous}")
                 cursor.execute("PRAGMA foreign_keys=ON")
+                # Deleted and overwritten content (a shredded workspace's wrapped keys) is
+                # zeroed in the file, not left in free pages for a copy of it to find.
+                cursor.execute("PRAGMA secure_delete=ON")
                 cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_SECONDS * 1000}")
                 cursor.execute(f"PRAGMA mmap_size={SQLITE_MMAP_BYTES}")
                 cursor.close()

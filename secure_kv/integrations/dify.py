@@ -696,8 +696,9 @@ class EncryptedStorage:
         master = self._provider.find(kek_id)
         if master is None:
             held = ", ".join(key.kek_id for key in self._provider.all_keys())
+            shown = kek_id if kek_id.isprintable() else repr(kek_id)  # read from storage: untrusted
             raise MasterKeyError(
-                f"wrong master key: {where} is wrapped by master key {kek_id}, but the provider "
+                f"wrong master key: {where} is wrapped by master key {shown}, but the provider "
                 f"holds only {held}; use that master key (or list it as a previous key)"
             )
         try:
