@@ -68,13 +68,14 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 
 # The full suite takes 10-15 minutes on a 2-core machine (BENCH_ARGS=--quick: a few);
 # suite.py writes bench/results.json, the tables in docs/performance.md and
-# docs/performance.png; the rotation and audit benchmarks print their ratios; bench_cli.py
-# times the command itself (start-up, audit report and list over 100,000 records);
+# docs/performance.png; the floors, rotation and audit benchmarks print their ratios;
+# bench_cli.py times the command itself (start-up, audit report and list over 100,000 records);
 # bench_scaling.py writes bench/scaling.json and docs/scaling.png (ops/s for 1-8
 # processes, ~4 minutes); bench_report_html.py measures the HTML audit report at 100,000
 # records.
 bench: $(BENCH_STAMP)
 	$(BIN)/python bench/suite.py $(BENCH_ARGS)
+	$(BIN)/python bench/bench_floors.py
 	$(BIN)/python bench/bench_rotation.py
 	$(BIN)/python bench/bench_audit.py
 	$(BIN)/python bench/bench_cli.py
