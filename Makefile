@@ -72,7 +72,8 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 # bench_cli.py times the command itself (start-up, audit report and list over 100,000 records);
 # bench_scaling.py writes bench/scaling.json and docs/scaling.png (ops/s for 1-8
 # processes, ~4 minutes); bench_report_html.py measures the HTML audit report at 100,000
-# records.
+# records; bench_providers.py writes bench/providers.json (env, file, keyring, pkcs11,
+# aws-kms).
 bench: $(BENCH_STAMP)
 	$(BIN)/python bench/suite.py $(BENCH_ARGS)
 	$(BIN)/python bench/bench_floors.py
@@ -81,6 +82,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python bench/bench_cli.py
 	$(BIN)/python bench/bench_scaling.py
 	$(BIN)/python bench/bench_report_html.py
+	$(BIN)/python bench/bench_providers.py
 
 clean:
 	rm -rf .venv .venv-3.* .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info

@@ -235,18 +235,33 @@ def init() -> None:
 
 
 @main.command()
-def keygen() -> None:
+@click.option(
+    "--provider",
+    default=None,
+    help="Make the key inside this provider instead of printing it (pkcs11: in the token, "
+    "non-extractable; keyring: in the OS keyring), configured by its SECURE_KV_* settings.",
+)
+def keygen(provider: str | None) -> None:
     """Print a new master key (url-safe base64 of 32 random bytes).
 
-    Keep it in a secret manager; nothing recovers data whose master key is lost.
+    Keep it in a secret manager; nothing recovers data whose master key is lost. With
+    --provider, the key is made where it will live and only its kek_id is printed.
 
     Example:
 
+    \b
         export SECURE_KV_MASTER_KEY="$(secure-kv keygen)"
+        SECURE_KV_PKCS11_TOKEN_LABEL=kv SECURE_KV_PKCS11_KEY_LABEL=master-1 \\
+        SECURE_KV_PKCS11_PIN_FILE=/run/secrets/pin secure-kv keygen --provider pkcs11
     """
-    from .keys.base import generate_master_key
+    if provider is None:
+        from .keys.base import generate_master_key
 
-    click.echo(generate_master_key())
+        click.echo(generate_master_key())
+        return
+    report = _commands().create_provider_key(provider, current_settings())
+    state = "created" if report.created else "already present"
+    click.echo(f"master key {state} in provider {report.provider}: kek_id {report.kek_id}")
 
 
 @main.command()

@@ -23,7 +23,14 @@ from .categories import Category, parse_category
 from .database import Database, safe_url
 from .datakeys import check_master_key
 from .errors import AuthenticationError, ConfigurationError, InvalidInputError, SecureKVError
-from .keys import KeyringMasterKey, MasterKeyProvider, StaticMasterKey, provider_from_settings
+from .keys import (
+    KeyringMasterKey,
+    MasterKeyProvider,
+    StaticMasterKey,
+    WithPreviousKeys,
+    load_provider,
+    provider_from_settings,
+)
 from .keys.base import generate_master_key
 from .migrate import ensure_schema, head_revision, upgrade_schema
 from .progress import NO_PROGRESS, Progress
@@ -34,12 +41,14 @@ from .validation import check_workspace_name
 __all__ = [
     "DemoReport",
     "InitReport",
+    "KeyCreated",
     "StoredValue",
     "audit_anchor",
     "audit_log",
     "audit_prune",
     "audit_report",
     "audit_verify",
+    "create_provider_key",
     "delete_value",
     "demo",
     "get_value",
@@ -58,6 +67,24 @@ __all__ = [
 def keygen() -> str:
     """A new random master key: url-safe base64 of 32 bytes."""
     return generate_master_key()
+
+
+@dataclass(frozen=True)
+class KeyCreated:
+    """What :func:`create_provider_key` did: the key's public fingerprint, and whether it
+    was made now (``False``: the provider already held it)."""
+
+    provider: str
+    kek_id: str
+    created: bool
+
+
+def create_provider_key(provider: str, settings: Settings | None = None) -> KeyCreated:
+    """Make the current master key inside the named provider (``pkcs11``: generated in the
+    token, non-extractable; ``keyring``: stored in the OS keyring), configured by settings."""
+    settings = settings if settings is not None else load_settings()
+    made = load_provider(provider, settings, create=True)
+    return KeyCreated(provider, made.current_key().kek_id, bool(getattr(made, "created", False)))
 
 
 @dataclass(frozen=True)
@@ -80,7 +107,10 @@ def init(settings: Settings | None = None, master_key: MasterKeyProvider | None 
     master key if there is none yet. Checks the master key against the store's data keys.
     """
     settings = settings if settings is not None else load_settings()
-    provider = master_key if master_key is not None else provider_from_settings(settings, create=True)
+    # Only the keyring's key is made here; an HSM or KMS key is made on purpose
+    # (`secure-kv keygen --provider pkcs11`, `aws kms create-key`), never by a typo'd label.
+    create = settings.key_provider == "keyring"
+    provider = master_key if master_key is not None else provider_from_settings(settings, create=create)
     database = Database(settings.database_url, settings)
     try:
         before = upgrade_schema(database)
@@ -92,7 +122,7 @@ def init(settings: Settings | None = None, master_key: MasterKeyProvider | None 
         revision_before=before,
         revision_now=head_revision(),
         kek_id=provider.current_key().kek_id,
-        created_master_key=isinstance(provider, KeyringMasterKey) and provider.created,
+        created_master_key=bool(getattr(_managed(provider), "created", False)),
     )
 
 
@@ -203,6 +233,7 @@ def rotate_master(
     *,
     generate: bool = False,
     retire_previous: bool = False,
+    batch_size: int = rotation.DEFAULT_BATCH_KEYS,
     progress: Progress = NO_PROGRESS,
 ) -> rotation.MasterRotation:
     """Rewrap every data key under the current master key.
@@ -214,25 +245,33 @@ def rotate_master(
     """
     settings = settings if settings is not None else load_settings()
     provider = master_key if master_key is not None else provider_from_settings(settings)
-    if (generate or retire_previous) and not isinstance(provider, KeyringMasterKey):
+    keyring_provider = _managed(provider)
+    if (generate or retire_previous) and not isinstance(keyring_provider, KeyringMasterKey):
         raise ConfigurationError(
             "--generate and --retire-previous manage keys in the OS keyring (SECURE_KV_KEY_PROVIDER="
             "keyring); with env or file, make a key with `secure-kv keygen`, make it current and list "
-            "the old one as previous (SECURE_KV_PREVIOUS_MASTER_KEYS, or a later line of the key file)"
+            "the old one as previous (SECURE_KV_PREVIOUS_MASTER_KEYS, or a later line of the key file); "
+            "with pkcs11 or aws-kms, make the new key and list it first in SECURE_KV_PKCS11_KEY_LABEL "
+            "or SECURE_KV_AWS_KMS_KEY_ID"
         )
     with _open(settings, provider) as store:
         if generate:
-            assert isinstance(provider, KeyringMasterKey)
-            old = provider.current_key().kek_id
-            new = provider.generate_new_key().kek_id
+            assert isinstance(keyring_provider, KeyringMasterKey)
+            old = keyring_provider.current_key().kek_id
+            new = keyring_provider.generate_new_key().kek_id
             store._record_event("masterkey.generate", detail=f"new master key {new}; {old} kept as previous")
-        report = rotation.rotate_master(store, progress=progress)
+        report = rotation.rotate_master(store, batch_size=batch_size, progress=progress)
         if retire_previous and report.complete:
-            assert isinstance(provider, KeyringMasterKey)
-            retired = [key.kek_id for key in provider.previous_keys()]
-            provider.forget_previous_keys()
+            assert isinstance(keyring_provider, KeyringMasterKey)
+            retired = [key.kek_id for key in keyring_provider.previous_keys()]
+            keyring_provider.forget_previous_keys()
             store._record_event("masterkey.retire", detail=f"deleted previous master keys {retired}")
         return report
+
+
+def _managed(provider: MasterKeyProvider) -> MasterKeyProvider:
+    """The provider whose keys a command manages (not the previous keys added for reading)."""
+    return provider.primary if isinstance(provider, WithPreviousKeys) else provider
 
 
 def rotate_workspaces(

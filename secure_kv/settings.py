@@ -8,13 +8,14 @@ variable, never echoing a secret one.
 from __future__ import annotations
 
 import getpass
+import re
 import socket
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, NoReturn
 
 import platformdirs
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
@@ -24,13 +25,19 @@ from .errors import ConfigurationError
 __all__ = ["CredentialPolicy", "Settings", "default_database_url", "load_settings"]
 
 ENV_PREFIX = "SECURE_KV_"
+_PROVIDER_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 APP_NAME = "secure-kv"
 
 
 class KeyProviderName(StrEnum):
+    """The built-in providers; any name registered under the entry-point group
+    ``secure_kv.key_providers`` is accepted too (see ``secure_kv.keys.registry``)."""
+
     KEYRING = "keyring"
     ENV = "env"
     FILE = "file"
+    PKCS11 = "pkcs11"
+    AWS_KMS = "aws-kms"
 
 
 class CredentialPolicy(StrEnum):
@@ -78,11 +85,19 @@ class Settings(BaseSettings):
 
     # Left out of the repr: a URL may carry a database password.
     database_url: str = Field(default_factory=default_database_url, repr=False)
-    key_provider: KeyProviderName = KeyProviderName.KEYRING
+    # A registered provider's name; whether it exists is checked when the provider is made.
+    key_provider: str = KeyProviderName.KEYRING.value
+    previous_key_provider: str | None = None
     # Secrets are SecretStr so they never show in a repr or a validation error.
     master_key: SecretStr | None = None
     previous_master_keys: SecretStr | None = None
     master_key_file: Path | None = None
+    pkcs11_module: Path | None = None
+    pkcs11_token_label: str | None = None
+    pkcs11_key_label: str | None = None
+    pkcs11_pin: SecretStr | None = None
+    pkcs11_pin_file: Path | None = None
+    aws_kms_key_id: str | None = None
     max_value_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
     default_cache_ttl: float = Field(default=3600, gt=0, allow_inf_nan=False)
     sqlite_synchronous: SqliteSynchronous = SqliteSynchronous.NORMAL
@@ -96,6 +111,18 @@ class Settings(BaseSettings):
     # How many unwrapped data keys one process keeps in memory at most.
     dek_cache_size: int = Field(default=1024, gt=0)
 
+    @field_validator("key_provider", "previous_key_provider")
+    @classmethod
+    def _provider_name(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        name = value.strip().lower()
+        if not name and info.field_name == "previous_key_provider":
+            return None
+        if not _PROVIDER_NAME.fullmatch(name):
+            raise ValueError("must be a provider name such as keyring, env, file, pkcs11 or aws-kms")
+        return name
+
     @model_validator(mode="after")
     def _env_key_means_env_provider(self) -> Settings:
         """``SECURE_KV_MASTER_KEY`` set and no provider named: the env provider (the key
@@ -105,7 +132,7 @@ class Settings(BaseSettings):
             self.master_key is not None or environment_keys().get(CURRENT_VARIABLE, "").strip()
         ):
             # environment_keys(): the env provider may have taken the key out of os.environ.
-            self.key_provider = KeyProviderName.ENV
+            self.key_provider = KeyProviderName.ENV.value
         return self
 
     def __reduce__(self) -> NoReturn:

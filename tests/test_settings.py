@@ -17,7 +17,7 @@ def test_defaults_match_the_design_contract() -> None:
     settings = load_settings()
     expected_dir = Path(platformdirs.user_data_dir("secure-kv", appauthor=False))
     assert settings.database_url == f"sqlite:///{expected_dir / 'store.db'}"
-    assert settings.key_provider.value == "keyring"
+    assert settings.key_provider == "keyring"
     assert settings.max_value_bytes == 104857600
     assert settings.default_cache_ttl == 3600
     assert settings.sqlite_synchronous.value == "normal"
@@ -40,7 +40,8 @@ def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None
 @pytest.mark.parametrize(
     ("variable", "value"),
     [
-        ("SECURE_KV_KEY_PROVIDER", "vault"),
+        ("SECURE_KV_KEY_PROVIDER", "no such provider"),
+        ("SECURE_KV_PREVIOUS_KEY_PROVIDER", "bad/name"),
         ("SECURE_KV_MAX_VALUE_BYTES", "-1"),
         ("SECURE_KV_MAX_VALUE_BYTES", "lots"),
         ("SECURE_KV_DEFAULT_CACHE_TTL", "0"),

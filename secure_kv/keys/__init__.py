@@ -1,48 +1,63 @@
 """Master-key providers.
 
 Every provider implements :class:`MasterKeyProvider`: one current key for wrapping new
-data keys, and previous keys still accepted for unwrapping. KMS and HSM providers plug in
-by implementing the same two classes (see ``base.py``).
+data keys, and previous keys still accepted for unwrapping. A key kept in a service (an
+HSM, a KMS) implements :class:`MasterKey` by calling that service, so its material never
+enters this process. Providers are found by name through the entry-point group
+``secure_kv.key_providers`` (see :mod:`secure_kv.keys.registry` and docs/key-management.md),
+and ``secure_kv.testing.providers`` holds the contract tests a new one proves itself with.
+
+``Pkcs11MasterKey`` (extra ``hsm``) and ``AwsKmsMasterKey`` (extra ``aws``) are imported on
+first use, so the base install needs neither python-pkcs11 nor boto3.
 """
 
 from __future__ import annotations
 
-from ..env_keys import environment_keys, take_from_environment
-from ..errors import ConfigurationError
-from ..settings import KeyProviderName, Settings
-from .base import MasterKey, MasterKeyProvider, generate_master_key
+from typing import TYPE_CHECKING, Any
+
+from .base import MasterKey, MasterKeyProvider, RawMasterKey, generate_master_key
 from .env import EnvMasterKey
 from .file import FileMasterKey
 from .keyring import KeyringMasterKey
+from .registry import (
+    ENTRY_POINT_GROUP,
+    WithPreviousKeys,
+    available_providers,
+    load_provider,
+    provider_from_settings,
+)
 from .static import StaticMasterKey
 
+if TYPE_CHECKING:
+    from .aws_kms import AwsKmsMasterKey
+    from .pkcs11 import Pkcs11MasterKey
+
 __all__ = [
+    "ENTRY_POINT_GROUP",
+    "AwsKmsMasterKey",
     "EnvMasterKey",
     "FileMasterKey",
     "KeyringMasterKey",
     "MasterKey",
     "MasterKeyProvider",
+    "Pkcs11MasterKey",
+    "RawMasterKey",
     "StaticMasterKey",
+    "WithPreviousKeys",
+    "available_providers",
     "generate_master_key",
+    "load_provider",
     "provider_from_settings",
 ]
 
 
-def provider_from_settings(settings: Settings, *, create: bool = False) -> MasterKeyProvider:
-    """The provider ``SECURE_KV_KEY_PROVIDER`` names, configured from the same settings."""
-    if settings.key_provider is KeyProviderName.ENV:
-        environ = {}
-        if settings.master_key is not None:
-            environ["SECURE_KV_MASTER_KEY"] = settings.master_key.get_secret_value()
-        if settings.previous_master_keys is not None:
-            environ["SECURE_KV_PREVIOUS_MASTER_KEYS"] = settings.previous_master_keys.get_secret_value()
-        if "SECURE_KV_MASTER_KEY" not in environ:  # taken out of os.environ by an earlier open
-            environ = {**environment_keys(), **environ}
-        provider = EnvMasterKey(environ)
-        take_from_environment(environ)  # child processes must not inherit the key
-        return provider
-    if settings.key_provider is KeyProviderName.FILE:
-        if settings.master_key_file is None:
-            raise ConfigurationError("SECURE_KV_KEY_PROVIDER=file needs SECURE_KV_MASTER_KEY_FILE (a path)")
-        return FileMasterKey(settings.master_key_file)
-    return KeyringMasterKey(create=create)
+def __getattr__(name: str) -> Any:
+    if name == "Pkcs11MasterKey":
+        from .pkcs11 import Pkcs11MasterKey
+
+        return Pkcs11MasterKey
+    if name == "AwsKmsMasterKey":
+        from .aws_kms import AwsKmsMasterKey
+
+        return AwsKmsMasterKey
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,14 +19,17 @@ import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
-from ..errors import AuthenticationError, MasterKeyError, UnsupportedVersionError
+from ..errors import AuthenticationError, ConfigurationError, MasterKeyError, UnsupportedVersionError
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 __all__ = [
     "MASTER_KEY_BYTES",
@@ -164,6 +167,14 @@ class MasterKeyProvider(_Unpicklable, ABC):
             if key.kek_id == kek_id:
                 return key
         return None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, create: bool = False) -> MasterKeyProvider:
+        """This provider configured from ``SECURE_KV_*`` settings (how the registry makes
+        it for ``SECURE_KV_KEY_PROVIDER``). ``create``: make the key where the provider
+        can (``secure-kv init`` / ``keygen --provider``). Override it in a provider that
+        can be chosen by name."""
+        raise ConfigurationError(f"{cls.__name__} cannot be configured from settings: pass it in code")
 
     def __repr__(self) -> str:
         try:

@@ -10,6 +10,7 @@ finds the key; a new value set in ``os.environ`` later replaces it.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from ..env_keys import (
     CURRENT_VARIABLE,
@@ -20,6 +21,9 @@ from ..env_keys import (
 )
 from ..errors import MasterKeyError
 from .base import RawMasterKey, _RawKeyProvider, parse_master_key
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 __all__ = ["EnvMasterKey", "forget_environment_keys"]
 
@@ -48,3 +52,16 @@ class EnvMasterKey(_RawKeyProvider):
         super().__init__(keys)
         if from_process:
             take_from_environment(values)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, create: bool = False) -> EnvMasterKey:
+        environ = {}
+        if settings.master_key is not None:
+            environ[CURRENT_VARIABLE] = settings.master_key.get_secret_value()
+        if settings.previous_master_keys is not None:
+            environ[PREVIOUS_VARIABLE] = settings.previous_master_keys.get_secret_value()
+        if CURRENT_VARIABLE not in environ:  # taken out of os.environ by an earlier open
+            environ = {**environment_keys(), **environ}
+        provider = cls(environ)
+        take_from_environment(environ)  # child processes must not inherit the key
+        return provider

@@ -7,9 +7,13 @@ import logging
 import os
 import stat
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..errors import MasterKeyError
+from ..errors import ConfigurationError, MasterKeyError
 from .base import MasterKey, RawMasterKey, _RawKeyProvider, _ReloadingProvider, parse_master_key
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 __all__ = ["FileMasterKey"]
 
@@ -35,6 +39,12 @@ class FileMasterKey(_ReloadingProvider, _RawKeyProvider):
         self.path = Path(path)
         super().__init__(self._load())
         self._loaded()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, create: bool = False) -> FileMasterKey:
+        if settings.master_key_file is None:
+            raise ConfigurationError("SECURE_KV_KEY_PROVIDER=file needs SECURE_KV_MASTER_KEY_FILE (a path)")
+        return cls(settings.master_key_file)
 
     def current_key(self) -> MasterKey:
         self._reload_if_older_than(self.CURRENT_MAX_AGE)

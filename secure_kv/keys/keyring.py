@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keyring
 import keyring.errors
@@ -26,6 +26,9 @@ from keyring.backends.chainer import ChainerBackend
 
 from ..errors import MasterKeyError
 from .base import MasterKey, RawMasterKey, _ReloadingProvider, generate_master_key, parse_master_key
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 __all__ = ["INSECURE_BACKENDS", "MIN_PRIORITY", "KeyringMasterKey"]
 
@@ -88,7 +91,13 @@ def _insecure_reason(backend: Any) -> str | None:
     try:
         priority = float(backend.priority)
     except Exception as error:  # keyring's way to say "not usable here": RuntimeError
-        return f"it is not usable here ({type(error).__name__})"
+        # A secure backend that cannot be reached now (a keyring daemon down, no D-Bus
+        # session) is a service to check, not a backend to replace.
+        raise MasterKeyError(
+            f"the keyring backend {_backend_name(backend)} is not usable here ({type(error).__name__}): "
+            "check that the OS keyring is running and unlocked (Secret Service: a D-Bus session "
+            f"with gnome-keyring or KeePassXC); otherwise {_INSTALL_HINT}"
+        ) from None
     if not priority >= MIN_PRIORITY:  # also refuses NaN
         return f"keyring rates it a fallback, not recommended (priority {priority:g} < {MIN_PRIORITY})"
     return None
@@ -145,6 +154,10 @@ class KeyringMasterKey(_ReloadingProvider):
         self._current = parse_master_key(text, f"keyring entry {service}/{username}")
         self._previous = self._read_previous()
         self._loaded()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, create: bool = False) -> KeyringMasterKey:
+        return cls(create=create)
 
     def current_key(self) -> MasterKey:
         self._reload_if_older_than(self.CURRENT_MAX_AGE)
@@ -212,7 +225,8 @@ class KeyringMasterKey(_ReloadingProvider):
             value = self._backend.get_password(self.service, username)
         except keyring.errors.KeyringError as error:
             raise MasterKeyError(
-                f"cannot read the OS keyring ({type(error).__name__}): {_INSTALL_HINT}"
+                f"cannot read the OS keyring ({type(error).__name__}): check that it is running and "
+                f"unlocked (Secret Service: gnome-keyring, KeePassXC); otherwise {_INSTALL_HINT}"
             ) from None
         return value if isinstance(value, str) else None
 
@@ -221,5 +235,6 @@ class KeyringMasterKey(_ReloadingProvider):
             self._backend.set_password(self.service, username, text)
         except keyring.errors.KeyringError as error:
             raise MasterKeyError(
-                f"cannot write to the OS keyring ({type(error).__name__}): {_INSTALL_HINT}"
+                f"cannot write to the OS keyring ({type(error).__name__}): check that it is running and "
+                f"unlocked (Secret Service: gnome-keyring, KeePassXC); otherwise {_INSTALL_HINT}"
             ) from None

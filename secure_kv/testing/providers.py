@@ -63,6 +63,20 @@ class MasterKeyProviderContract:
             secret = os.urandom(32)
             assert key.unwrap(key.wrap(secret, b"ad"), b"ad") == secret
 
+    def test_wrapping_the_same_key_twice_gives_different_bytes(self) -> None:
+        # A fresh nonce each time: a repeated nonce under one key breaks AES-GCM.
+        key = self.make_provider().current_key()
+        secret = os.urandom(32)
+        assert key.wrap(secret, b"ad") != key.wrap(secret, b"ad")
+
+    def test_a_key_refuses_what_another_key_wrapped(self) -> None:
+        keys = self.make_provider().all_keys()
+        if len(keys) < 2:
+            pytest.skip("the provider under test has a single key")
+        wrapped = keys[1].wrap(os.urandom(32), b"ad")
+        with pytest.raises(AuthenticationError):
+            keys[0].unwrap(wrapped, b"ad")
+
     def test_keys_and_provider_refuse_pickling_and_copying(self) -> None:
         provider = self.make_provider()
         for item in (provider, provider.current_key()):

@@ -1,24 +1,33 @@
-"""Every provider shipped here, and a KMS-shaped one, passes the reusable contract tests."""
+"""Every provider shipped here passes the reusable contract tests, each against its real service
+(SoftHSM2, gnome-keyring; moto's server as the stand-in for AWS KMS)."""
 
 from __future__ import annotations
 
 import base64
 import os
+import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from secure_kv.keys import EnvMasterKey, FileMasterKey, KeyringMasterKey, MasterKeyProvider, StaticMasterKey
+from secure_kv.keys import (
+    AwsKmsMasterKey,
+    EnvMasterKey,
+    FileMasterKey,
+    KeyringMasterKey,
+    MasterKeyProvider,
+    Pkcs11MasterKey,
+    StaticMasterKey,
+)
 from secure_kv.keys.base import generate_master_key
 from secure_kv.testing.providers import MasterKeyProviderContract
 from tests.keyring_backend import MemoryKeyring
 
-from .fake_kms import FakeKmsMasterKey, FakeKmsService
+from .services import Kms, SoftHsm
 
 _STATIC = (os.urandom(32), os.urandom(32))
 _TEXT = (generate_master_key(), generate_master_key())
-_KMS = FakeKmsService()
-_KMS_IDS = (_KMS.create_key(), _KMS.create_key())
 
 
 class TestStaticMasterKey(MasterKeyProviderContract):
@@ -55,6 +64,35 @@ class TestKeyringMasterKey(MasterKeyProviderContract):
         return KeyringMasterKey()
 
 
-class TestFakeKmsMasterKey(MasterKeyProviderContract):
+class TestSecretServiceKeyringMasterKey(MasterKeyProviderContract):
+    """The real gnome-keyring-daemon, through keyring's SecretService backend."""
+
+    @pytest.fixture(autouse=True)
+    def _keyring(self, secret_service: Any) -> None:
+        KeyringMasterKey(create=True).generate_new_key()  # a current key and one previous
+
     def make_provider(self) -> MasterKeyProvider:
-        return FakeKmsMasterKey(_KMS, _KMS_IDS[0], previous=[_KMS_IDS[1]])
+        return KeyringMasterKey()
+
+
+class TestSoftHsmMasterKey(MasterKeyProviderContract):
+    """A real PKCS#11 token (SoftHSM2)."""
+
+    @pytest.fixture(autouse=True)
+    def _token(self, softhsm: SoftHsm) -> None:
+        self.hsm = softhsm
+        softhsm.provider("master-2", "master-1")
+
+    def make_provider(self) -> MasterKeyProvider:
+        return Pkcs11MasterKey(self.hsm.module, self.hsm.token_label, ["master-2", "master-1"], self.hsm.pin)
+
+
+class TestMotoKmsMasterKey(MasterKeyProviderContract):
+    """AWS KMS's API as served by moto (a stand-in for AWS), over HTTP through boto3."""
+
+    @pytest.fixture(autouse=True)
+    def _keys(self, kms: Kms) -> None:
+        self.key_ids = [kms.create_key(alias=f"alias/skv-{uuid.uuid4().hex[:8]}"), kms.create_key()]
+
+    def make_provider(self) -> MasterKeyProvider:
+        return AwsKmsMasterKey(self.key_ids)
