@@ -18,8 +18,8 @@ demo: $(STAMP)
 	$(BIN)/secure-kv demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check secure_kv tests bench
-	$(BIN)/ruff format --check secure_kv tests bench
+	$(BIN)/ruff check secure_kv tests bench conftest.py
+	$(BIN)/ruff format --check secure_kv tests bench conftest.py
 	$(BIN)/mypy
 
 test: lint
