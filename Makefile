@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: demo test lint typecheck fuzz bench clean
+.PHONY: demo test lint typecheck fuzz bench docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,12 +18,16 @@ demo: $(STAMP)
 	$(BIN)/secure-kv demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check secure_kv tests bench conftest.py
-	$(BIN)/ruff format --check secure_kv tests bench conftest.py
+	$(BIN)/ruff check secure_kv tests bench scripts conftest.py
+	$(BIN)/ruff format --check secure_kv tests bench scripts conftest.py
 	$(BIN)/mypy
 
 test: lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# docs/cli.md from the commands' --help (tests/test_cli_reference.py fails when it drifts).
+docs: $(STAMP)
+	$(BIN)/python scripts/cli_reference.py
 
 fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -m "not slow" tests/test_properties.py

@@ -11,6 +11,7 @@ by tests/test_cli_docs.py.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -28,7 +29,7 @@ def docs_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
     """A temporary working directory, a master key and a SQLite store URL, and nothing else."""
     from secure_kv.keys.env import forget_environment_keys
 
-    for name in [name for name in __import__("os").environ if name.startswith("SECURE_KV_")]:
+    for name in [name for name in os.environ if name.startswith("SECURE_KV_")]:
         monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SECURE_KV_MASTER_KEY", generate_master_key())
