@@ -65,7 +65,8 @@ def main(argv: list[str]) -> int:
     if argv[1:] == ["--check"]:
         current = TARGET.read_text(encoding="utf-8") if TARGET.exists() else ""
         if current != expected:
-            print(f"docs/cli.md is out of date with the commands' --help: run `{REGENERATE}`", file=sys.stderr)
+            message = f"docs/cli.md is out of date with the commands' --help: run `{REGENERATE}`"
+            print(message, file=sys.stderr)
             return 1
         return 0
     if argv[1:]:
