@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: demo test lint typecheck fuzz bench docs clean
+.PHONY: demo test lint typecheck fuzz soak bench docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,13 @@ docs: $(STAMP)
 fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -m "not slow" tests/test_properties.py
 
+# Worker processes on SQLite, PostgreSQL (direct and through a PgBouncer it starts) and
+# MariaDB while workers are SIGKILLed, connections terminated and PgBouncer restarted;
+# prints ops/s, p50/p99 latency, faults survived, and fails on any broken invariant
+# (tests/scale/soak.py). SOAK_ARGS="--seconds 600 --workers 16" for a longer run.
+soak: $(STAMP)
+	$(BIN)/python -m tests.scale.soak $(SOAK_ARGS)
+
 $(BENCH_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
@@ -39,12 +46,15 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 # The full suite takes 10-15 minutes on a 2-core machine (BENCH_ARGS=--quick: a few);
 # suite.py writes bench/results.json, the tables in docs/performance.md and
 # docs/performance.png; the rotation and audit benchmarks print their ratios; bench_cli.py
-# times the command itself (start-up, audit report and list over 100,000 records).
+# times the command itself (start-up, audit report and list over 100,000 records);
+# bench_scaling.py writes bench/scaling.json and docs/scaling.png (ops/s for 1-8
+# processes, ~4 minutes).
 bench: $(BENCH_STAMP)
 	$(BIN)/python bench/suite.py $(BENCH_ARGS)
 	$(BIN)/python bench/bench_rotation.py
 	$(BIN)/python bench/bench_audit.py
 	$(BIN)/python bench/bench_cli.py
+	$(BIN)/python bench/bench_scaling.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info

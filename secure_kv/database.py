@@ -215,6 +215,14 @@ class Database:
             # recovers from lost connections without it (see ``run``).
             kwargs["pool_pre_ping"] = True
             kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
+            if self.dialect_name == "postgresql":
+                # psycopg prepares a statement server-side after its fifth run. Behind a
+                # pooler in transaction mode (PgBouncer before 1.21, or without
+                # max_prepared_statements) the next transaction may run on another server
+                # connection, where that statement does not exist (or another one of the
+                # same name does). Measured on a direct connection, preparing saved nothing
+                # visible (~165 µs per set or get either way; docs/scaling.md), so it is off.
+                kwargs["connect_args"]["prepare_threshold"] = None
             if self.dialect_name == "mysql":
                 kwargs["connect_args"]["charset"] = "utf8mb4"
         try:
@@ -272,9 +280,7 @@ class Database:
                     connection = connection.execution_options(**{SQLITE_BEGIN_IMMEDIATE: True})
                 yield connection
         except sa.exc.DBAPIError as error:
-            raise StorageError(
-                f"database error on {safe_url(self.url)}: {_first_line(error.orig)}"
-            ) from error
+            raise StorageError(f"database error on {safe_url(self.url)}: {_describe(error.orig)}") from error
 
     # --- the hot path's connections ----------------------------------------------------
 
@@ -319,10 +325,10 @@ class Database:
                 fairy = self.engine.raw_connection()
             except sa.exc.DBAPIError as error:
                 raise StorageError(
-                    f"cannot connect to {safe_url(self.url)}: {_first_line(error.orig)}"
+                    f"cannot connect to {safe_url(self.url)}: {_describe(error.orig)}"
                 ) from None
             except self.dbapi_error as error:  # the pool lets the driver's own error through
-                raise StorageError(f"cannot connect to {safe_url(self.url)}: {_first_line(error)}") from None
+                raise StorageError(f"cannot connect to {safe_url(self.url)}: {_describe(error)}") from None
             # Out of SQLAlchemy's pool: from now on this pool alone owns and closes it.
             connection = fairy.dbapi_connection
             assert connection is not None
@@ -411,11 +417,11 @@ class Database:
             self.engine.dispose()
             if can_retry:
                 return
-            raise StorageError(f"lost the connection to {safe_url(self.url)}: {_first_line(error)}") from None
+            raise StorageError(f"lost the connection to {safe_url(self.url)}: {_describe(error)}") from None
         self._end_failed(pooled)
         if can_retry and self.is_transient(error):
             return  # a deadlock victim or lock-wait timeout: the server rolled it back
-        raise StorageError(f"database error on {safe_url(self.url)}: {_first_line(error)}") from None
+        raise StorageError(f"database error on {safe_url(self.url)}: {_describe(error)}") from None
 
     def check_packet_size(self, blob: bytes) -> None:
         """Refuse a value MySQL/MariaDB would refuse, with an error naming the setting.
@@ -555,3 +561,30 @@ def _scalar(connection: DBAPIConnection, sql: str) -> Any:
 def _first_line(error: BaseException | None) -> str:
     text = str(error).strip().splitlines()
     return text[0] if text else type(error).__name__
+
+
+# What a connection pooler in front of PostgreSQL says when it is set up in a way secure_kv
+# cannot work with, and the fix (PgBouncer's messages; docs/scaling.md).
+_POOLER_HINTS = (
+    (
+        ("long transactions not allowed", "transaction blocks not allowed"),
+        "PgBouncer's pool_mode=statement cannot run secure_kv's multi-statement transactions: "
+        "use pool_mode=transaction (or session) for this database",
+    ),
+    (
+        ("unsupported startup parameter",),
+        "PgBouncer refuses a connection option in the URL (often ?options=-csearch_path=...): "
+        "add it to ignore_startup_parameters and give the database its own PgBouncer entry, "
+        "or drop it from the URL",
+    ),
+)
+
+
+def _describe(error: BaseException | None) -> str:
+    """The error's first line, plus the fix when it is a known pooler misconfiguration."""
+    line = _first_line(error)
+    text = str(error)
+    for needles, fix in _POOLER_HINTS:
+        if any(needle in text for needle in needles):
+            return f"{line} ({fix})"
+    return line

@@ -3,7 +3,9 @@
 Alembic takes no lock of its own, so every migration runs under a database-wide lock:
 PostgreSQL's transaction-level advisory lock, MySQL/MariaDB's named ``GET_LOCK``, SQLite's
 write lock (``BEGIN IMMEDIATE``). The process that gets it first migrates; the others wait,
-then find the schema current and do nothing.
+then find the schema current and do nothing. The PostgreSQL lock is transaction-scoped so
+that it works through PgBouncer in transaction pooling mode: a session lock would stay on a
+server connection that other clients then use (docs/scaling.md).
 """
 
 from __future__ import annotations

@@ -24,12 +24,14 @@ from secure_kv.keys import StaticMasterKey
 from secure_kv.keys.env import forget_environment_keys
 
 from .keyring_backend import MemoryKeyring
+from .scale import partitioned
 
 settings.register_profile(
     "default", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.register_profile("fuzz", max_examples=5000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+partitioned.install_sql_log()
 
 POSTGRES_URL = os.environ.get(
     "SECURE_KV_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -105,6 +107,8 @@ def _postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
     with engine.connect() as connection:
         connection.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
     url = database.update_query_dict({"options": f"-csearch_path={schema}"})
+    if partitioned.enabled():  # the sharding experiment (tests/scale/test_partitioned.py)
+        partitioned.partition_schema(url.render_as_string(hide_password=False))
     try:
         yield url.render_as_string(hide_password=False)
     finally:
