@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,8 +37,8 @@ import sqlalchemy as sa
 from .audit_events import Event, anchor_digest, checkpoint_message, event_digest, genesis_digest
 from .audit_keys import trusted_signing_keys, verify_signature
 from .categories import CATEGORY_CODES, Category
-from .database import Database
-from .envelope import DataKey, open_value, parse_header, record_context, unwrap_data_key
+from .database import Database, UndecodableTextError
+from .envelope import DataKey, open_value, parse_header, record_context, row_in_domain, unwrap_data_key
 from .errors import AuthenticationError, InvalidInputError, MasterKeyError, UnsupportedVersionError
 from .keys.base import MasterKeyProvider
 from .schema import (
@@ -46,6 +47,7 @@ from .schema import (
     audit_checkpoints,
     audit_events,
     data_keys,
+    metadata,
     records,
     workspaces,
 )
@@ -59,6 +61,8 @@ _BATCH = 2000
 _CATEGORIES = {category.value: category for category in Category}
 
 Progress = Callable[[str, int], None]
+# What reading a cell of another type or out of range raises (the audit log's own checks).
+_UNREADABLE = (ValueError, TypeError, AttributeError, OverflowError, struct.error, UndecodableTextError)
 
 
 @dataclass(frozen=True)
@@ -115,25 +119,35 @@ def verify(
     report = VerifyReport()
     tick = progress or (lambda phase, count: None)
     anchored = parse_anchor(anchor) if anchor is not None else None
-    with database.connect() as connection:
-        pinned, pinned_keys = (
-            _check_anchor(connection, anchored, report) if anchored is not None else (None, None)
-        )
-        trusted = trusted_signing_keys(connection, provider, pinned_keys)
-        report.signing_keys = len(trusted.stored)
-        for key_id, public in sorted((pinned_keys or {}).items()):
-            if trusted.stored.get(key_id) != public:
-                report.fail(
-                    f"audit signing key {key_id}", "its public key differs from the anchored one (replaced)"
-                )
-        for problem in trusted.problems:
-            report.fail(f"audit signing key {problem.key_id}", problem.problem)
-        if provider is None and anchored is None:
-            report.notes.append(
-                "signing keys were taken from the database without authentication: give the master "
-                "key, or pin them with --anchor"
+    if database.dialect_name == "sqlite":
+        _verify_cell_types(database, report)
+    try:
+        with database.connect() as connection:
+            pinned, pinned_keys = (
+                _check_anchor(connection, anchored, report) if anchored is not None else (None, None)
             )
-    _verify_chains(database, trusted.public, pinned, report, tick)
+            trusted = trusted_signing_keys(connection, provider, pinned_keys)
+            report.signing_keys = len(trusted.stored)
+            for key_id, public in sorted((pinned_keys or {}).items()):
+                if trusted.stored.get(key_id) != public:
+                    report.fail(
+                        f"audit signing key {key_id}",
+                        "its public key differs from the anchored one (replaced)",
+                    )
+            for problem in trusted.problems:
+                report.fail(f"audit signing key {problem.key_id}", problem.problem)
+            if provider is None and anchored is None:
+                report.notes.append(
+                    "signing keys were taken from the database without authentication: give the master "
+                    "key, or pin them with --anchor"
+                )
+        _verify_chains(database, trusted.public, pinned, report, tick)
+    except _UNREADABLE as error:
+        # A cell of another type or out of range (SQLite stores anything; a server, any
+        # number): reported, and the records are still checked.
+        report.fail("audit log", f"a cell holds a value verify cannot read ({type(error).__name__}): edited")
+    except UnsupportedVersionError as error:
+        report.fail("audit log", _reason(error))
     if provider is not None:
         _verify_data_keys(database, provider, report, tick)
         _verify_records(database, provider, report, tick)
@@ -362,51 +376,104 @@ def _check_pinned(
 # --- data keys and records ------------------------------------------------------------
 
 
+def _verify_cell_types(database: Database, report: VerifyReport) -> None:
+    """SQLite only (servers enforce column types): every cell of every table holds the
+    storage class its column declares, so an integer is never text, a blob never text.
+    Generated from the schema, so a new column is covered too."""
+    for table in metadata.sorted_tables:
+        checks = {column.name: _storage_classes(column) for column in table.columns}
+        wrong = sa.or_(*(sa.func.typeof(table.c[name]).not_in(kinds) for name, kinds in checks.items()))
+        key = [sa.cast(column, sa.LargeBinary) for column in table.primary_key.columns]
+        kinds_query = [sa.func.typeof(table.c[name]) for name in checks]
+        query = sa.select(*key, *kinds_query).where(wrong).limit(MAX_LISTED_FAILURES)
+        with database.connect() as connection:
+            for row in connection.execute(query):
+                where = ", ".join(_show(cell) for cell in row[: len(key)])
+                for (name, kinds), kind in zip(checks.items(), row[len(key) :], strict=True):
+                    if kind not in kinds:
+                        found = str(kind)
+                        report.fail(f"row ({where}) of {table.name}", f"column {name} holds {found} (edited)")
+
+
+def _storage_classes(column: Any) -> tuple[str, ...]:
+    if isinstance(column.type, sa.LargeBinary):
+        kinds: tuple[str, ...] = ("blob",)
+    elif isinstance(column.type, sa.Integer):
+        kinds = ("integer",)
+    else:
+        kinds = ("text",)
+    return (*kinds, "null") if column.nullable else kinds
+
+
 def _verify_data_keys(
     database: Database, provider: MasterKeyProvider, report: VerifyReport, tick: Progress
 ) -> None:
+    d = data_keys.c
+    sqlite = database.dialect_name == "sqlite"
     query = (
-        sa.select(workspaces.c.name, data_keys.c.version, data_keys.c.kek_id, data_keys.c.wrapped)
-        .select_from(data_keys.join(workspaces, workspaces.c.id == data_keys.c.workspace_id))
-        .order_by(data_keys.c.workspace_id, data_keys.c.version)
+        sa.select(
+            _as_bytes(workspaces.c.name, sqlite),
+            d.version,
+            _as_bytes(d.kek_id, sqlite),
+            _as_bytes(d.wrapped, sqlite),
+            *_sqlite_types(sqlite, workspaces.c.name, d.version, d.kek_id, d.wrapped),
+        )
+        .select_from(data_keys.join(workspaces, workspaces.c.id == d.workspace_id))
+        .order_by(d.workspace_id, d.version)
     )
-    for name, version, kek_id, wrapped in _stream(database, query):
+    for row in _stream(database, query):
         report.data_keys += 1
+        name, version, kek_id, wrapped = row[:4]
+        where = f"data key {_show_version(version)} of workspace {_show(name)}"
+        if not _types_hold(row[4:], ("blob", "integer", "text", ("blob", "null"))):
+            report.fail(where, "a cell holds a value of another type (edited)")
+            continue
         if wrapped is None:
             continue  # destroyed by a shred
         try:
-            _unwrap(provider, bytes(name), int(version), kek_id, bytes(wrapped))
+            _unwrap(provider, bytes(name), version, _text(kek_id), bytes(wrapped))
         except (AuthenticationError, MasterKeyError, UnsupportedVersionError) as error:
-            report.fail(f"data key {version} of workspace {_show(name)}", _reason(error))
+            report.fail(where, _reason(error))
     tick("data keys", report.data_keys)
 
 
-def _unwrap(provider: MasterKeyProvider, name: bytes, version: int, kek_id: str, wrapped: bytes) -> DataKey:
+def _unwrap(provider: MasterKeyProvider, name: bytes, version: Any, kek_id: str, wrapped: bytes) -> DataKey:
+    if type(version) is not int or not 0 < version < 1 << 32:
+        raise AuthenticationError("its version is out of range (edited)")
     master = provider.find(kek_id)
     if master is None:
-        raise MasterKeyError(f"wrapped by master key {kek_id}, which the provider does not hold")
+        raise MasterKeyError(f"wrapped by master key {kek_id!r}, which the provider does not hold")
     return unwrap_data_key(master, wrapped, name, version)
+
+
+# SQLite lets any cell hold any type: what secure_kv writes in each record column.
+_RECORD_TYPES = ("blob", "blob", "text", "integer", ("integer", "null"), "blob")
 
 
 def _verify_records(
     database: Database, provider: MasterKeyProvider, report: VerifyReport, tick: Progress
 ) -> None:
     r, d = records.c, data_keys.c
+    sqlite = database.dialect_name == "sqlite"
     query = (
         sa.select(
-            workspaces.c.name,
+            _as_bytes(workspaces.c.name, sqlite),
             r.workspace_id,
-            r.record_key,
-            r.category,
+            _as_bytes(r.record_key, sqlite),
+            _as_bytes(r.category, sqlite),
             r.dek_version,
             r.expires_at,
-            r.value,
-            d.kek_id,
-            d.wrapped,
+            _as_bytes(r.value, sqlite),
+            _as_bytes(d.kek_id, sqlite),
+            _as_bytes(d.wrapped, sqlite),
             d.version,
+            *_sqlite_types(
+                sqlite, workspaces.c.name, r.record_key, r.category, r.dek_version, r.expires_at, r.value
+            ),
         )
         .select_from(
-            records.join(workspaces, workspaces.c.id == r.workspace_id).outerjoin(
+            # Outer joins: a record whose workspace or data key is missing is reported, not skipped.
+            records.outerjoin(workspaces, workspaces.c.id == r.workspace_id).outerjoin(
                 data_keys, sa.and_(d.workspace_id == r.workspace_id, d.version == r.dek_version)
             )
         )
@@ -418,36 +485,47 @@ def _verify_records(
         report.records += 1
         if report.records % 10_000 == 0:
             tick("records", report.records)
-        name = bytes(row.name)
-        if row.workspace_id != current_workspace:
-            current_workspace, cache = row.workspace_id, {}  # one workspace's keys at a time
-        where = f"record {_show(row.record_key)} of workspace {_show(name)}"
-        if row.version is None:
-            report.fail(where, f"it names data key {row.dek_version}, which does not exist")
+        name, workspace_id, record_key, category_cell, dek_version, expires_at, blob = row[:7]
+        kek_id, wrapped, key_version = row[7:10]
+        if name is None:
+            report.fail(
+                f"record {_show(record_key)} of workspace id {workspace_id!r}",
+                "it belongs to no workspace (edited)",
+            )
             continue
-        if row.wrapped is None:
+        name = bytes(name)
+        if workspace_id != current_workspace:
+            current_workspace, cache = workspace_id, {}  # one workspace's keys at a time
+        where = f"record {_show(record_key)} of workspace {_show(name)}"
+        if not _types_hold(row[10:], _RECORD_TYPES) or not row_in_domain(dek_version, expires_at, blob):
+            report.fail(where, "a cell holds a value outside its column's domain (edited)")
+            continue
+        if key_version is None:
+            report.fail(where, f"it names data key {dek_version}, which does not exist")
+            continue
+        if wrapped is None:
             report.shredded_records += 1
             continue
-        key = cache.get(row.dek_version)
+        key = cache.get(dek_version)
         if key is None:
             try:
-                key = _unwrap(provider, name, int(row.dek_version), row.kek_id, bytes(row.wrapped))
+                key = _unwrap(provider, name, dek_version, _text(kek_id), bytes(wrapped))
             except (AuthenticationError, MasterKeyError, UnsupportedVersionError) as error:
                 key = error
-            cache[row.dek_version] = key
+            cache[dek_version] = key
         if isinstance(key, Exception):
-            report.fail(where, f"its data key {row.dek_version} cannot be used: {_reason(key)}")
+            report.fail(where, f"its data key {dek_version} cannot be used: {_reason(key)}")
             continue
-        category = _CATEGORIES.get(row.category)
+        category = _CATEGORIES.get(_text(category_cell))
         if category is None:
             report.fail(where, "its category is not one secure_kv writes (edited)")
             continue
         try:
-            header = parse_header(row.value)
-            if header.dek_version != row.dek_version:
+            header = parse_header(blob)
+            if header.dek_version != dek_version:
                 raise AuthenticationError("header names another data key")
-            context = record_context(name, bytes(row.record_key), CATEGORY_CODES[category], row.expires_at)
-            open_value(key, context, row.value, header)  # the plaintext is dropped at once
+            context = record_context(name, bytes(record_key), CATEGORY_CODES[category], expires_at)
+            open_value(key, context, blob, header)  # the plaintext is dropped at once
         except UnsupportedVersionError as error:
             report.fail(where, _reason(error))
         except AuthenticationError:
@@ -455,11 +533,46 @@ def _verify_records(
     tick("records", report.records)
 
 
+def _as_bytes(column: Any, sqlite: bool) -> Any:
+    """On SQLite, a text or blob column read as bytes: a cell whose bytes are not UTF-8
+    would otherwise stop the whole scan inside the driver (its type is checked apart)."""
+    return sa.cast(column, sa.LargeBinary).label(column.name) if sqlite else column
+
+
+def _sqlite_types(sqlite: bool, *columns: Any) -> list[Any]:
+    return [sa.func.typeof(column) for column in columns] if sqlite else []
+
+
+def _types_hold(found: Any, expected: tuple[str | tuple[str, ...], ...]) -> bool:
+    if not found:
+        return True  # not SQLite: the server enforces each column's type
+    return all(
+        kind == want or (isinstance(want, tuple) and kind in want)
+        for kind, want in zip(found, expected, strict=True)
+    )
+
+
+def _text(cell: Any) -> str:
+    """A text cell as str (bytes on SQLite, see :func:`_as_bytes`); "" if not UTF-8."""
+    if isinstance(cell, (bytes, bytearray, memoryview)):
+        try:
+            return bytes(cell).decode("utf-8")
+        except UnicodeDecodeError:
+            return ""
+    return cell if isinstance(cell, str) else ""
+
+
+def _show_version(version: Any) -> str:
+    return str(version) if type(version) is int else "(edited)"
+
+
 def _reason(error: Exception) -> str:
     return str(error) or type(error).__name__
 
 
 def _show(name: Any) -> str:
+    if not isinstance(name, (bytes, bytearray, memoryview)):
+        return "(edited)"
     return repr(bytes(name).decode("utf-8", "replace"))
 
 

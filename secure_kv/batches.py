@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from .audit import Appender
 from .categories import CATEGORY_CODES, Category, parse_category
+from .database import UndecodableTextError
 from .datakeys import MissingDataKeyError, now_micros
-from .envelope import HEADER_BYTES, DataKey, key_context, open_record, seal_values
+from .envelope import HEADER_BYTES, DataKey, key_context, open_record, row_in_domain, seal_values
 from .errors import AuthenticationError, InvalidInputError, InvalidTypeError, SecureKVError, StorageError
 from .statements import in_list_chunks
 from .validation import Buffer, check_key, check_ttl, check_value
@@ -199,13 +200,30 @@ def _read_many(
             rows.extend(select(len(chunk)).fetchall(connection, workspace_id, *chunk))
         return rows
 
-    if locked:
-        # Rows locked, then opened and their token events appended, in one transaction.
-        return store._audit.run(
-            lambda connection, append: _open_rows(ws, workspace_id, wanted, read(connection), append)
-        )
-    # One snapshot: a concurrent writer's batch is seen whole or not at all.
-    return _open_rows(ws, workspace_id, wanted, store._db.transaction(read, write=False), None)
+    try:
+        if locked:
+            # Rows locked, then opened and their token events appended, in one transaction.
+            return store._audit.run(
+                lambda connection, append: _open_rows(ws, workspace_id, wanted, read(connection), append)
+            )
+        # One snapshot: a concurrent writer's batch is seen whole or not at all.
+        rows = store._db.transaction(read, write=False)
+    except UndecodableTextError:
+        _name_undecodable(ws, workspace_id, wanted)
+        raise
+    return _open_rows(ws, workspace_id, wanted, rows, None)
+
+
+def _name_undecodable(ws: Workspace, workspace_id: int, wanted: dict[bytes, str]) -> None:
+    """A row of the batch holds text that is not UTF-8 (SQLite): find it, one key at a time
+    (only on this failure path), and raise AuthenticationError naming it."""
+    store = ws._store
+    for key_bytes, key in wanted.items():
+        try:
+            store._db.fetchone(store._sql.select_record, workspace_id, key_bytes)
+        except UndecodableTextError as error:
+            ws._record_auth_failure(key_bytes, None, None, error)
+            raise ws._tampered(key) from None
 
 
 def _open_rows(
@@ -224,6 +242,8 @@ def _open_rows(
         if row is None:
             continue
         _, category_value, dek_version, expires_at, blob = row
+        if not row_in_domain(dek_version, expires_at, blob):
+            ws._open(key, key_bytes, workspace_id, row[1:])  # refuses it, naming the record
         if expires_at is not None and expires_at <= now:
             continue
         # The common case in a few steps; anything unusual (a data key not yet seen in

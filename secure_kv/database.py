@@ -48,7 +48,7 @@ from .settings import Settings
 if TYPE_CHECKING:
     from .statements import Statement
 
-__all__ = ["Database", "safe_url"]
+__all__ = ["Database", "UndecodableTextError", "safe_url"]
 
 T = TypeVar("T")
 
@@ -280,7 +280,8 @@ class Database:
                     connection = connection.execution_options(**{SQLITE_BEGIN_IMMEDIATE: True})
                 yield connection
         except sa.exc.DBAPIError as error:
-            raise StorageError(f"database error on {safe_url(self.url)}: {_describe(error.orig)}") from error
+            kind = UndecodableTextError if _is_undecodable_text(error.orig) else StorageError
+            raise kind(f"database error on {safe_url(self.url)}: {_describe(error.orig)}") from None
 
     # --- the hot path's connections ----------------------------------------------------
 
@@ -421,6 +422,10 @@ class Database:
         self._end_failed(pooled)
         if can_retry and self.is_transient(error):
             return  # a deadlock victim or lock-wait timeout: the server rolled it back
+        if _is_undecodable_text(error):
+            raise UndecodableTextError(
+                f"a stored text on {safe_url(self.url)} is not valid UTF-8: the row was altered"
+            ) from None
         raise StorageError(f"database error on {safe_url(self.url)}: {_describe(error)}") from None
 
     def check_packet_size(self, blob: bytes) -> None:
@@ -558,8 +563,23 @@ def _scalar(connection: DBAPIConnection, sql: str) -> Any:
         cursor.close()
 
 
+class UndecodableTextError(StorageError):
+    """A text cell holds bytes that are not UTF-8 (SQLite lets any column hold any bytes):
+    the row was altered. Record reads report it as an :class:`AuthenticationError`."""
+
+
+# sqlite3's message for such a cell quotes the cell, which may be ciphertext: never shown.
+_UNDECODABLE = "Could not decode to UTF-8"
+
+
+def _is_undecodable_text(error: BaseException | None) -> bool:
+    return str(error).startswith(_UNDECODABLE)
+
+
 def _first_line(error: BaseException | None) -> str:
     text = str(error).strip().splitlines()
+    if text and text[0].startswith(_UNDECODABLE):
+        return text[0].split(" with text ", 1)[0]
     return text[0] if text else type(error).__name__
 
 

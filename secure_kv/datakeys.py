@@ -5,6 +5,13 @@ inserted with "insert unless it exists" on (workspace, version), then the worksp
 version pointer is advanced with a compare-and-set, then everyone re-reads the pointer. Two
 racers end up using the same key; a crash between the steps leaves nothing unreadable.
 
+New records are sealed only under a data key that was *created under the current master
+key* (``DataKey.created_under``, which the wrap's associated data authenticates). A key the
+workspace's pointer names that is wrapped by a previous master key, or that a master-key
+rotation rewrapped, is used for reading only: the next write creates a fresh version under
+the current key instead. So whoever holds a leaked previous master key and can write to the
+database cannot plant a data key of their choosing for new writes (SECURITY.md).
+
 Unwrapped keys are cached per process, bounded in number (``SECURE_KV_DEK_CACHE_SIZE``) and
 in age (``SECURE_KV_DEK_CACHE_SECONDS``). The age bound is also how long a process keeps
 writing with a workspace's previous key after a rotation. Nothing relies on it for safety:
@@ -21,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from .database import Database
+from .database import Database, UndecodableTextError
 from .envelope import DataKey, new_data_key_bytes, unwrap_data_key, wrap_data_key
 from .errors import AuthenticationError, MasterKeyError, StorageError
 from .keys.base import MasterKeyProvider
@@ -154,7 +161,10 @@ class DataKeys:
         found = self._versions.get((workspace_id, version))
         if found is not None:
             return found  # type: ignore[no-any-return]
-        row = self._db.fetchone(self._sql.select_data_key, workspace_id, version)
+        try:
+            row = self._db.fetchone(self._sql.select_data_key, workspace_id, version)
+        except UndecodableTextError:
+            raise self._altered(name, version) from None
         if row is None:
             raise MissingDataKeyError(
                 f"a record of workspace {_show(name)} names data key version {version}, "
@@ -178,16 +188,36 @@ class DataKeys:
 
     def _load_current(self, name: bytes) -> tuple[int, DataKey]:
         for _ in range(_MAX_CREATE_ATTEMPTS):
-            row = self._db.fetchone(self._sql.select_current_key, name)
+            try:
+                row = self._db.fetchone(self._sql.select_current_key, name)
+            except UndecodableTextError:
+                raise self._altered(name, None) from None
             if row is None:
                 self._db.execute(self._sql.insert_workspace, name, 0, now_micros())
                 continue
-            workspace_id, last_version, kek_id, wrapped = int(row[0]), int(row[1]), row[2], row[3]
+            workspace_id, last_version, kek_id, wrapped = row
+            if type(last_version) is not int or last_version < 0:
+                raise AuthenticationError(
+                    f"workspace {_show(name)} has a data-key version pointer no secure_kv writes: "
+                    "it was altered (restore skv_workspaces.last_dek_version from a backup)"
+                )
+            workspace_id = int(workspace_id)
             self._remember_id(name, workspace_id)
             if wrapped is not None:
-                return workspace_id, self._unwrap(name, last_version, kek_id, wrapped)
+                key = self._unwrap(name, last_version, kek_id, wrapped)
+                if self.writable(key):
+                    return workspace_id, key
+                # Readable, but not created under the current master key (a master rotation
+                # rewrapped it, or someone holding a previous key planted it): never adopted
+                # for writing. A fresh version takes its place.
+                self._versions.put((workspace_id, last_version), key)
             self.create_version(workspace_id, name, last_version + 1)
         raise StorageError(f"could not create a data key for workspace {_show(name)}: retry the call")
+
+    def writable(self, key: DataKey) -> bool:
+        """Whether new records may be sealed under ``key``: it was created under the current
+        master key (and is still wrapped by it with the "created" label)."""
+        return key.created_under is not None and key.created_under == self._provider.current_key().kek_id
 
     def create_version(self, workspace_id: int, name: bytes, version: int) -> None:
         """Make data key ``version`` the workspace's current one (idempotent, race-free).
@@ -224,7 +254,17 @@ class DataKeys:
 
         audit.run(create)
 
-    def _unwrap(self, name: bytes, version: int, kek_id: str, wrapped: bytes) -> DataKey:
+    @staticmethod
+    def _altered(name: bytes, version: int | None) -> AuthenticationError:
+        which = "the current data key" if version is None else f"data key {version}"
+        return AuthenticationError(
+            f"{which} of workspace {_show(name)} failed authentication: it was altered"
+        )
+
+    def _unwrap(self, name: bytes, version: int, kek_id: Any, wrapped: Any) -> DataKey:
+        if not isinstance(kek_id, str) or not isinstance(wrapped, (bytes, bytearray, memoryview)):
+            # A cell of another type (SQLite stores whatever it is given): altered.
+            raise self._altered(name, version)
         master = self._provider.find(kek_id)
         if master is None:
             held = ", ".join(key.kek_id for key in self._provider.all_keys())
@@ -234,7 +274,7 @@ class DataKeys:
                 "(or list it as a previous key while rotating)"
             )
         try:
-            return unwrap_data_key(master, wrapped, name, version)
+            return unwrap_data_key(master, bytes(wrapped), name, version)
         except AuthenticationError:
             raise AuthenticationError(
                 f"data key {version} of workspace {_show(name)} failed authentication: "

@@ -17,7 +17,18 @@ The associated data is the 34-byte header followed by the record's context::
     u16 len | workspace (UTF-8) | u16 len | key (UTF-8) | u8 category | i64 expires_at
     (microseconds since the Unix epoch, UTC; -1 for no expiry)
 
-so a blob moved to another key, workspace or category, or given another expiry, fails.
+so a blob moved to another key, workspace or category, or given another expiry, fails. The
+encoding is injective over the values a record can hold: an expiry is always a positive
+number of microseconds, so -1 stands only for "none" (a NULL column). Readers refuse any
+other stored value (see :func:`row_in_domain`), so "-1 in the column" cannot pass for
+"no expiry".
+
+A data key's wrap binds its workspace and version, and whether it was *created* under the
+key that wraps it (label ``secure_kv/v1/dek``) or moved there by a master-key rotation
+(label ``secure_kv/v1/dek-rewrapped``). Only a key created under the current master key is
+used for new writes (see ``datakeys.py``): whoever holds a previous master key can wrap a
+key of their own choosing, but never one that unwraps under the current key with the
+"created" label.
 
 Nonce budget. NIST SP 800-38D allows at most 2^32 encryptions with random 96-bit nonces
 under one key. Each writer (a process, or a forked child) derives its own subkey from the
@@ -60,6 +71,7 @@ __all__ = [
     "record_contexts",
     "reseal_value",
     "rewrap_data_key",
+    "row_in_domain",
     "seal_value",
     "seal_values",
     "unwrap_data_key",
@@ -82,6 +94,11 @@ NO_EXPIRY = -1
 SUBKEY_MAX_WRITES = 1 << 24
 SUBKEY_LABEL = b"secure_kv/v1/value-subkey"
 DATA_KEY_LABEL = b"secure_kv/v1/dek"
+# A data key moved under another master key by a rotation: readable, never written with.
+REWRAPPED_DATA_KEY_LABEL = b"secure_kv/v1/dek-rewrapped"
+# The largest expiry the i64 field holds; a stored expiry outside 1..this fails to open.
+MAX_EXPIRES_AT = (1 << 63) - 1
+_MAX_DEK_VERSION = (1 << 32) - 1
 # Above this size the sealed blob is built in place (encrypt_into) instead of by
 # concatenation, so a large value is never copied once more than needed.
 _IN_PLACE_THRESHOLD = 64 * 1024
@@ -118,14 +135,18 @@ class DataKey:
     shows its bytes and cannot be pickled.
     """
 
-    __slots__ = ("_dek", "_lock", "_readers", "_writer", "version", "workspace")
+    __slots__ = ("_dek", "_lock", "_readers", "_writer", "created_under", "version", "workspace")
 
-    def __init__(self, dek: bytes, workspace: bytes, version: int) -> None:
+    def __init__(self, dek: bytes, workspace: bytes, version: int, created_under: str | None = None) -> None:
         if len(dek) != DATA_KEY_BYTES:
             raise AuthenticationError("data key has the wrong length")
         self._dek = dek
         self.workspace = workspace
         self.version = version
+        #: kek_id of the master key this data key was created under and is still wrapped by;
+        #: ``None`` for a key a master rotation rewrapped. Only a key created under the
+        #: current master key is used for new writes.
+        self.created_under = created_under
         self._lock = threading.Lock()
         self._readers: dict[bytes, AESGCM] = {}
         self._writer: tuple[bytes, AESGCM, itertools.count[int], int] | None = None
@@ -165,8 +186,8 @@ class DataKey:
         raise TypeError("DataKey holds key material and cannot be pickled")
 
 
-def data_key_associated_data(workspace: bytes, version: int) -> bytes:
-    return DATA_KEY_LABEL + _U16.pack(len(workspace)) + workspace + _U32.pack(version)
+def data_key_associated_data(workspace: bytes, version: int, label: bytes = DATA_KEY_LABEL) -> bytes:
+    return label + _U16.pack(len(workspace)) + workspace + _U32.pack(version)
 
 
 def new_data_key_bytes() -> bytes:
@@ -179,17 +200,29 @@ def wrap_data_key(master: MasterKey, dek: bytes, workspace: bytes, version: int)
 
 
 def unwrap_data_key(master: MasterKey, wrapped: bytes, workspace: bytes, version: int) -> DataKey:
-    """Raise :class:`AuthenticationError` if the wrapped key was altered or moved."""
-    dek = master.unwrap(bytes(wrapped), data_key_associated_data(workspace, version))
-    return DataKey(dek, workspace, version)
+    """Raise :class:`AuthenticationError` if the wrapped key was altered or moved.
+
+    The result's ``created_under`` is ``master.kek_id`` for a key created under ``master``,
+    ``None`` for one a master-key rotation rewrapped.
+    """
+    wrapped = bytes(wrapped)
+    try:
+        dek = master.unwrap(wrapped, data_key_associated_data(workspace, version))
+    except AuthenticationError:
+        # Either label may apply; the wrapped form does not say which (it is the
+        # provider's own format), so the second is tried only when the first fails.
+        dek = master.unwrap(wrapped, data_key_associated_data(workspace, version, REWRAPPED_DATA_KEY_LABEL))
+        return DataKey(dek, workspace, version)
+    return DataKey(dek, workspace, version, master.kek_id)
 
 
 def rewrap_data_key(old: MasterKey, new: MasterKey, wrapped: bytes, workspace: bytes, version: int) -> bytes:
     """Unwrap a DEK with ``old`` and wrap it under ``new``, bound to the same workspace and
-    version (master-key rotation). Raise :class:`AuthenticationError` if it was altered or moved.
+    version (master-key rotation), labelled as rewrapped: readable under ``new``, never
+    adopted for new writes. Raise :class:`AuthenticationError` if it was altered or moved.
     """
-    associated_data = data_key_associated_data(workspace, version)
-    return new.wrap(old.unwrap(bytes(wrapped), associated_data), associated_data)
+    dek = unwrap_data_key(old, wrapped, workspace, version)._dek
+    return new.wrap(dek, data_key_associated_data(workspace, version, REWRAPPED_DATA_KEY_LABEL))
 
 
 def record_context(workspace: bytes, key: bytes, category_code: int, expires_at: int | None) -> bytes:
@@ -204,32 +237,47 @@ def context_prefix(workspace: bytes) -> bytes:
 
 def key_context(prefix: bytes, key: bytes, category_code: int, expires_at: int | None) -> bytes:
     """:func:`record_context` from a workspace's :func:`context_prefix`."""
-    return (
-        prefix
-        + _U16.pack(len(key))
-        + key
-        + _CONTEXT_TAIL.pack(category_code, NO_EXPIRY if expires_at is None else expires_at)
-    )
+    return prefix + _U16.pack(len(key)) + key + _context_tail(category_code, expires_at)
 
 
-def seal_value(
-    data_key: DataKey,
-    context: bytes,
-    plaintext: Buffer,
-    *,
-    salt: bytes | None = None,
-    nonce: bytes | None = None,
-) -> Buffer:
+def _context_tail(category_code: int, expires_at: int | None) -> bytes:
+    if expires_at is None:
+        return _CONTEXT_TAIL.pack(category_code, NO_EXPIRY)
+    if type(expires_at) is not int or not 0 < expires_at <= MAX_EXPIRES_AT:
+        # -1 would alias "no expiry"; other values are not ones secure_kv writes.
+        raise AuthenticationError("record expiry is outside its domain")
+    return _CONTEXT_TAIL.pack(category_code, expires_at)
+
+
+def seal_value(data_key: DataKey, context: bytes, plaintext: Buffer) -> Buffer:
     """Encrypt ``plaintext`` for the record described by ``context`` (from :func:`record_context`).
 
-    ``salt`` and ``nonce`` are for test vectors only; normal use draws them at random.
+    The writer's subkey (salt) and a random nonce are always chosen here: no caller can
+    make two seals share a nonce.
     """
-    if salt is None:
-        salt, aead = data_key.writer()
-    else:
-        aead = data_key.reader(salt)
-    nonce = os.urandom(NONCE_BYTES) if nonce is None else nonce
-    return _seal(aead, data_key.version, salt, nonce, context, plaintext)
+    salt, aead = data_key.writer()
+    return _seal(aead, data_key.version, salt, os.urandom(NONCE_BYTES), context, plaintext)
+
+
+def _seal_for_vectors(
+    data_key: DataKey, context: bytes, plaintext: Buffer, salt: bytes, nonce: bytes
+) -> Buffer:
+    """Seal with a fixed salt and nonce: only for reproducing test vectors (never reuse one)."""
+    return _seal(data_key.reader(salt), data_key.version, salt, nonce, context, plaintext)
+
+
+def row_in_domain(dek_version: object, expires_at: object, blob: object) -> bool:
+    """Whether a stored record's cells hold values of the kinds secure_kv writes: a DEK
+    version that fits the header's u32 (above 0); no expiry (NULL), or a positive whole
+    number of microseconds that fits the i64 field; and bytes. Anything else (an expiry of
+    -1, so that exactly one stored value means "no expiry"; a float or text where a number
+    belongs, as SQLite allows) was not written by secure_kv and must fail to open."""
+    return (
+        type(dek_version) is int
+        and 0 < dek_version <= _MAX_DEK_VERSION
+        and (expires_at is None or (type(expires_at) is int and 0 < expires_at <= MAX_EXPIRES_AT))
+        and isinstance(blob, (bytes, bytearray, memoryview))
+    )
 
 
 def seal_values(data_key: DataKey, items: list[tuple[bytes, Buffer]]) -> list[Buffer]:
@@ -346,7 +394,7 @@ def open_record(
                     prefix,
                     _U16.pack(len(key)),
                     key,
-                    _CONTEXT_TAIL.pack(category_code, NO_EXPIRY if expires_at is None else expires_at),
+                    _context_tail(category_code, expires_at),
                 )
             )
             try:

@@ -190,7 +190,9 @@ def purge(
     started = time.monotonic()
     database = store._db
     now = now_micros()
-    expired = sa.and_(_r.expires_at.isnot(None), _r.expires_at <= now)
+    # "> 0": a stored expiry of -1 (or any other value no write produces) is tampering, for
+    # `audit verify` to report, not an expired entry to delete.
+    expired = sa.and_(_r.expires_at.isnot(None), _r.expires_at > 0, _r.expires_at <= now)
     # SQLite and PostgreSQL walk the partial expiry index: deleted rows leave it, so every
     # batch starts at its beginning. MySQL/MariaDB have no such index; they walk the
     # primary key once instead of scanning the table for every batch.

@@ -36,7 +36,7 @@ import sqlalchemy as sa
 from .audit_keys import replace_signing_keys
 from .categories import CATEGORY_CODES
 from .datakeys import MissingDataKeyError, now_micros
-from .envelope import HEADER_BYTES, DataKey, record_contexts, reseal_value, rewrap_data_key
+from .envelope import HEADER_BYTES, DataKey, record_contexts, reseal_value, rewrap_data_key, row_in_domain
 from .errors import (
     AuthenticationError,
     InvalidInputError,
@@ -68,6 +68,8 @@ DEFAULT_BATCH_KEYS = 500
 # Values up to this size come with the batch query; larger ones are fetched one at a time,
 # so a batch holds at most batch size x this much, however large the values grow.
 INLINE_VALUE_BYTES = 16 * 1024
+# Fresh data-key versions a workspace rotation tries to create before giving up.
+_MAX_TARGET_ATTEMPTS = 8
 
 _CODE_BY_VALUE = {category.value: code for category, code in CATEGORY_CODES.items()}
 _d, _r, _w = data_keys.c, records.c, workspaces.c
@@ -379,6 +381,8 @@ class _Reencryption:
                 if fetched is None:
                     continue  # deleted or rewritten under the new key meanwhile
                 category, expires_at, blob = fetched
+            if not row_in_domain(version, expires_at, blob):
+                raise self.tampered(key)  # a cell no secure_kv writes (SQLite stores anything)
             blob = bytes(blob)
             code = _CODE_BY_VALUE.get(category)
             old = self.old_keys.get(version) or self.old_key(key, version)
@@ -477,10 +481,12 @@ def rotate_workspace(
     if not state.live_versions:
         return WorkspaceRotation(workspace, (), None, False, 0, time.monotonic() - started)
     resumed = state.last_version in state.live_versions and state.live_versions[0] < state.last_version
-    target_version = state.last_version if resumed else _create_version(store, state, name, workspace)
-    target = store._keys.version(state.workspace_id, name, target_version)
+    target = _fresh_target(store, state, name, workspace, resume=resumed)
     if target is None:
         raise _being_shredded(name)
+    if target.version != state.last_version:
+        resumed = False
+    target_version = target.version
     store._keys.forget_current(name)  # this process writes under the new key at once
     with database.connect() as connection, connection.begin():
         moved_before = connection.execute(
@@ -515,6 +521,33 @@ def rotate_workspace(
         resumed=resumed,
         records=job.resealed,
         seconds=time.monotonic() - started,
+    )
+
+
+def _fresh_target(
+    store: SecureStore, state: _WorkspaceState, name: bytes, workspace: str, *, resume: bool
+) -> DataKey | None:
+    """The data key to re-encrypt under: one created under the current master key.
+
+    An interrupted run's key is resumed only if it was created under the current master key;
+    a key found at the pointer that was not (rewrapped by a master rotation, or planted by
+    someone holding a previous master key) is never adopted: a fresh version is created.
+    ``None`` if the workspace is being shredded.
+    """
+    keys = store._keys
+    if resume:
+        found = keys.version(state.workspace_id, name, state.last_version)
+        if found is None or keys.writable(found):
+            return found
+    for _ in range(_MAX_TARGET_ATTEMPTS):
+        version = _create_version(store, state, name, workspace)
+        found = keys.version(state.workspace_id, name, version)
+        if found is None or keys.writable(found):
+            return found
+        state = _WorkspaceState(state.workspace_id, version, state.live_versions, state.destroyed)
+    raise StorageError(
+        f"workspace {workspace!r}: could not create a data key under the current master key "
+        "(its newest versions keep changing); run the rotation again"
     )
 
 

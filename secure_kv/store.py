@@ -17,9 +17,17 @@ from . import batches
 from .audit import AuditLog, refused
 from .categories import CATEGORY_CODES, Category, parse_category
 from .credentials import apply_credential_policy
-from .database import Database, safe_url
+from .database import Database, UndecodableTextError, safe_url
 from .datakeys import DataKeys, MissingDataKeyError, check_master_key, now_micros
-from .envelope import HEADER_BYTES, context_prefix, key_context, open_value, parse_header, seal_value
+from .envelope import (
+    HEADER_BYTES,
+    context_prefix,
+    key_context,
+    open_value,
+    parse_header,
+    row_in_domain,
+    seal_value,
+)
 from .errors import (
     AuthenticationError,
     ConfigurationError,
@@ -327,7 +335,11 @@ class Workspace:
         database, statement = store._db, store._sql.select_record
         missing_key_seen = False
         for _ in range(_CHANGED_RETRIES):
-            row = database.fetchone(statement, workspace_id, key_bytes)
+            try:
+                row = database.fetchone(statement, workspace_id, key_bytes)
+            except UndecodableTextError as error:
+                self._record_auth_failure(key_bytes, None, None, error)
+                raise self._tampered(key) from None
             if row is None:
                 return None
             try:
@@ -376,6 +388,8 @@ class Workspace:
 
         try:
             return audit.run(body)
+        except UndecodableTextError:
+            raise self._tampered(key) from None
         except (AuthenticationError, MasterKeyError, StorageError):
             raise
         except SecureKVError as error:
@@ -404,7 +418,13 @@ class Workspace:
             raise refused(f"reading {self._describe(key)}", error) from None
 
     def _open(self, key: str, key_bytes: bytes, workspace_id: int, row: Any) -> tuple[bytes, Category] | None:
-        category_value, dek_version, expires_at, _blob = row
+        category_value, dek_version, expires_at, blob = row
+        if not row_in_domain(dek_version, expires_at, blob):
+            # A cell no secure_kv writes (-1 or text for an expiry, text for a value...):
+            # refused before anything compares or decrypts it.
+            error = self._tampered(key)
+            self._record_auth_failure(key_bytes, category_value, None, error)
+            raise error
         if expires_at is not None and expires_at <= now_micros():
             return None
         try:
@@ -468,8 +488,16 @@ class Workspace:
         workspace_id = self._keys.workspace_id(self._name_bytes)
         if workspace_id is None:
             return False
-        row = store._db.fetchone(store._sql.select_expiry, workspace_id, key_bytes)
-        return row is not None and (row[0] is None or row[0] > now_micros())
+        try:
+            row = store._db.fetchone(store._sql.select_expiry, workspace_id, key_bytes)
+        except UndecodableTextError:
+            raise self._tampered(key) from None
+        if row is None:
+            return False
+        expires_at = row[0]
+        if expires_at is not None and (type(expires_at) is not int or expires_at <= 0):
+            raise self._tampered(key)  # -1, text, a float: no expiry secure_kv writes
+        return expires_at is None or expires_at > now_micros()
 
     def delete(self, key: str) -> None:
         """Remove ``key``; deleting a missing key is not an error.

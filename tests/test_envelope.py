@@ -36,6 +36,7 @@ from secure_kv.keys.base import RawMasterKey
 VECTORS = Path(__file__).parent / "vectors"
 ENVELOPE_VECTORS = json.loads((VECTORS / "envelope_v1.json").read_text(encoding="utf-8"))["vectors"]
 WRAP_VECTORS = json.loads((VECTORS / "wrap_v1.json").read_text(encoding="utf-8"))["vectors"]
+REWRAPPED_VECTORS = json.loads((VECTORS / "wrap_rewrapped_v1.json").read_text(encoding="utf-8"))["vectors"]
 
 
 def _hkdf_expand(key: bytes, info: bytes, length: int = 32) -> bytes:
@@ -73,12 +74,8 @@ def test_code_seals_and_opens_the_vectors(v: dict[str, Any]) -> None:
     expires = None if v["expires_at"] == -1 else v["expires_at"]
     context = record_context(workspace, v["key"].encode(), CATEGORY_CODES[Category(v["category"])], expires)
     assert context == _spec_context(v)
-    sealed = seal_value(
-        data_key,
-        context,
-        bytes.fromhex(v["plaintext"]),
-        salt=bytes.fromhex(v["salt"]),
-        nonce=bytes.fromhex(v["nonce"]),
+    sealed = envelope._seal_for_vectors(  # the test-only path: fixed salt and nonce
+        data_key, context, bytes.fromhex(v["plaintext"]), bytes.fromhex(v["salt"]), bytes.fromhex(v["nonce"])
     )
     assert bytes(sealed).hex() == v["sealed"]
     assert open_value(data_key, context, bytes.fromhex(v["sealed"])) == bytes.fromhex(v["plaintext"])
@@ -207,7 +204,7 @@ def test_record_contexts_match_record_context() -> None:
     for key, code, expires_at in [
         (b"k", 1, None),
         (b"key \xe2\x82\xac", 3, 1_700_000_000_000_000),
-        (b"", 2, 0),
+        (b"", 2, 1),
     ]:
         assert context(key, code, expires_at) == record_context(b"tenant", key, code, expires_at)
 
@@ -257,3 +254,60 @@ def test_batch_sealing_and_opening_match_the_single_functions(size: int) -> None
             envelope.open_record(data_key, prefix, b"other", 2, 1234, blob)
         with pytest.raises(AuthenticationError):
             envelope.open_record(DataKey(os.urandom(32), b"ws", 4), prefix, b"k", 2, 1234, blob)
+
+
+@pytest.mark.parametrize("v", WRAP_VECTORS, ids=lambda v: v["kek_id"])
+def test_a_v1_wrapped_key_opens_as_created_under_its_master_key(v: dict[str, Any]) -> None:
+    master = RawMasterKey(base64.urlsafe_b64decode(v["master_key"]))
+    opened = unwrap_data_key(master, bytes.fromhex(v["wrapped"]), v["workspace"].encode(), v["version"])
+    assert opened.created_under == master.kek_id
+
+
+@pytest.mark.parametrize("v", REWRAPPED_VECTORS, ids=lambda v: v["kek_id"])
+def test_rewrapped_key_vectors_open_but_are_not_created_under_the_key(v: dict[str, Any]) -> None:
+    raw = base64.urlsafe_b64decode(v["master_key"])
+    workspace = v["workspace"].encode()
+    wrapped = bytes.fromhex(v["wrapped"])
+    associated = (
+        b"secure_kv/v1/dek-rewrapped"
+        + struct.pack(">H", len(workspace))
+        + workspace
+        + struct.pack(">I", v["version"])
+    )
+    nonce = wrapped[1:13]
+    assert (
+        AESGCM(_hkdf_expand(raw, b"secure_kv/v1/kek-wrap")).encrypt(
+            nonce, bytes.fromhex(v["dek"]), associated
+        )
+        == (wrapped[13:])
+    )
+    opened = unwrap_data_key(RawMasterKey(raw), wrapped, workspace, v["version"])
+    assert opened._dek.hex() == v["dek"]
+    assert opened.created_under is None
+
+
+def test_rewrapping_labels_the_key_as_rewrapped() -> None:
+    old, new = RawMasterKey(os.urandom(32)), RawMasterKey(os.urandom(32))
+    fresh = unwrap_data_key(old, wrap_data_key(old, os.urandom(32), b"ws", 1), b"ws", 1)
+    assert fresh.created_under == old.kek_id
+    moved = unwrap_data_key(
+        new, rewrap_data_key(old, new, wrap_data_key(old, fresh._dek, b"ws", 1), b"ws", 1), b"ws", 1
+    )
+    assert moved.created_under is None
+    assert moved._dek == fresh._dek
+
+
+def test_seal_value_takes_no_caller_chosen_nonce_or_salt() -> None:
+    data_key = DataKey(os.urandom(32), b"w", 1)
+    with pytest.raises(TypeError):
+        seal_value(data_key, _context(), b"v", nonce=b"\0" * 12)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        seal_value(data_key, _context(), b"v", salt=b"\0" * 16)  # type: ignore[call-arg]
+    assert "_seal_for_vectors" not in envelope.__all__
+
+
+@pytest.mark.parametrize("expires_at", [-1, 0, -(2**63), 2**63, 1.5, "123", True])
+def test_an_expiry_outside_its_domain_has_no_record_context(expires_at: Any) -> None:
+    # -1 would give the same associated data as "no expiry"; the others are no stored expiry.
+    with pytest.raises(AuthenticationError):
+        record_context(b"w", b"k", 2, expires_at)

@@ -118,6 +118,7 @@ from ..envelope import (
     SEAL_OVERHEAD,
     DataKey,
     Header,
+    _seal_for_vectors,
     new_data_key_bytes,
     open_value,
     parse_header,
@@ -345,7 +346,10 @@ def _seal_record(
     """
     code = CATEGORY_CODES[category]
     context = _record_context(tenant, namespace, key, code, expires_at)
-    sealed = seal_value(data_key, context, value, salt=salt, nonce=nonce)
+    if salt is None or nonce is None:
+        sealed = seal_value(data_key, context, value)
+    else:
+        sealed = _seal_for_vectors(data_key, context, value, salt, nonce)
     header = _RECORD_HEADER.pack(
         _RECORD_MAGIC, _RECORD_FORMAT, code, NO_EXPIRY if expires_at is None else expires_at
     )
