@@ -1,12 +1,20 @@
 # The two commands a new user needs: `make demo` and `make test`.
-# Both create .venv and install the project from this checkout; nothing else is needed.
+# Both create a venv and install the project from this checkout; nothing else is needed.
+#
+# PYTHON picks the interpreter (3.11, 3.12 or 3.13); each gets its own venv, so
+#   make test PYTHON=~/.pyenv/versions/3.12.1/bin/python
+# builds and uses .venv-3.12 and leaves the default .venv alone.
 PYTHON ?= python3
-VENV := .venv
+PY_VERSION := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+VENV ?= $(if $(filter command line environment,$(origin PYTHON)),.venv-$(PY_VERSION),.venv)
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
+# The tests a second and third Python version run in .ci/run: the Dify SDK (whose version
+# depends on the Python), the store, the envelope, the CLI and the example plugin.
+SUBSET := tests/test_dify.py tests/test_store.py tests/test_envelope.py tests/test_cli.py tests/test_examples.py
 
-.PHONY: demo test lint typecheck fuzz soak bench docs clean
+.PHONY: demo test test-subset lint typecheck fuzz soak bench wheel-check docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +26,8 @@ demo: $(STAMP)
 	$(BIN)/secure-kv demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check secure_kv tests bench scripts conftest.py
-	$(BIN)/ruff format --check secure_kv tests bench scripts conftest.py
+	$(BIN)/ruff check secure_kv tests bench examples .ci scripts conftest.py
+	$(BIN)/ruff format --check secure_kv tests bench examples .ci scripts conftest.py
 	$(BIN)/mypy
 
 test: lint
@@ -29,8 +37,27 @@ test: lint
 docs: $(STAMP)
 	$(BIN)/python scripts/cli_reference.py
 
-fuzz: $(STAMP)
-	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -m "not slow" tests/test_properties.py
+# The named subset, on whatever PYTHON says (see SUBSET above).
+test-subset: $(STAMP)
+	$(BIN)/python -m pytest -q $(SUBSET) $(PYTEST_ARGS)
+
+# Build the sdist and the wheel, twine-check them, install the wheel into a fresh venv and
+# run the CLI from there (.ci/check_wheel.py says what is checked).
+wheel-check: $(STAMP)
+	$(BIN)/python .ci/check_wheel.py --python $(PYTHON)
+
+FUZZ_STAMP := $(VENV)/.fuzz-installed
+FUZZ_SECONDS ?= 300
+
+$(FUZZ_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[dev,fuzz]'
+	touch $(FUZZ_STAMP)
+
+# The adversarial suite and the properties with thousands of examples each (about 30-60
+# minutes on 2 cores), then atheris on the stored-bytes parsers for FUZZ_SECONDS.
+fuzz: $(FUZZ_STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -m "not slow" tests/test_properties.py tests/adversarial
+	$(BIN)/python tests/fuzz/fuzz_parsers.py -max_total_time=$(FUZZ_SECONDS)
 
 # Worker processes on SQLite, PostgreSQL (direct and through a PgBouncer it starts) and
 # MariaDB while workers are SIGKILLed, connections terminated and PgBouncer restarted;
@@ -45,16 +72,19 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 
 # The full suite takes 10-15 minutes on a 2-core machine (BENCH_ARGS=--quick: a few);
 # suite.py writes bench/results.json, the tables in docs/performance.md and
-# docs/performance.png; the rotation and audit benchmarks print their ratios; bench_cli.py
-# times the command itself (start-up, audit report and list over 100,000 records);
+# docs/performance.png; the floors, rotation and audit benchmarks print their ratios;
+# bench_cli.py times the command itself (start-up, audit report and list over 100,000 records);
 # bench_scaling.py writes bench/scaling.json and docs/scaling.png (ops/s for 1-8
-# processes, ~4 minutes).
+# processes, ~4 minutes); bench_report_html.py measures the HTML audit report at 100,000
+# records.
 bench: $(BENCH_STAMP)
 	$(BIN)/python bench/suite.py $(BENCH_ARGS)
+	$(BIN)/python bench/bench_floors.py
 	$(BIN)/python bench/bench_rotation.py
 	$(BIN)/python bench/bench_audit.py
 	$(BIN)/python bench/bench_cli.py
 	$(BIN)/python bench/bench_scaling.py
+	$(BIN)/python bench/bench_report_html.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info
+	rm -rf .venv .venv-3.* .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info

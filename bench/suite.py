@@ -9,9 +9,16 @@ Sections
     ops      100-byte values, default category: per-op set and get of every system.
     sizes    set and get latency from 100 B to 16 MiB (the plot).
     big      one 16 MiB value, set+get: time, and peak Python heap (tracemalloc).
-    batch    1,000 keys through set_many/get_many against 1,000 single calls.
+    batch    1,000 keys through set_many/get_many against 1,000 single calls, and against
+             the floor of a batch (raw driver: one executemany upsert in one transaction,
+             one select of every key; AES-GCM over each value in a Python loop).
+    peers    the encryption libraries a user would pick instead (AWS Encryption SDK, with
+             and without its caching materials manager; Tink; MultiFernet), each through
+             plain Core's table: per-op set and get of 100-byte values, and one 16 MiB
+             value's set+get time and peak Python heap, as ratios secure_kv / peer.
     records  per-op set and get as the table grows from 1,000 to ``--records`` records,
-             loaded in bulk (set_many of sealed rows; executemany for plain Core).
+             loaded in bulk (set_many of sealed rows; executemany for plain Core and the
+             raw floor).
 
 Method (shared, noisy 2-core machines)
     * Ratios only within this run, never across runs; absolute times are shown for scale.
@@ -68,20 +75,26 @@ from bench._harness import (  # noqa: E402
     PostgresSchemas,
     Samples,
     SQLiteFiles,
+    clock,
     interleave,
     key_task,
     key_value_task,
     peak_python_bytes,
     quartiles,
+    use_cpu_clock,
 )
 from bench.systems import (  # noqa: E402
+    AWS_CACHING,
+    AWS_SDK,
     CORE,
     CORE_AUTOCOMMIT,
     FACTORIES,
+    PEERS,
     RAW,
     SECURE,
     UTILS,
     KeyValue,
+    RawBatchFloor,
     SecureKV,
 )
 
@@ -99,6 +112,10 @@ LOAD_CHUNK = 10_000
 
 OPS_SYSTEMS = (SECURE, CORE, CORE_AUTOCOMMIT, UTILS, RAW)
 SIZE_SYSTEMS = (SECURE, CORE, UTILS, RAW)
+PEER_SYSTEMS = (SECURE, *PEERS, CORE, RAW)
+# The AWS Encryption SDK takes milliseconds per call (an ECDSA P-384 signature per
+# message): it runs 1/20 of each block, its time scaled back to per-op.
+SLOW_PEERS = {AWS_SDK: 20, AWS_CACHING: 20}
 
 
 @dataclass(frozen=True)
@@ -123,13 +140,18 @@ class Config:
 
 
 @contextmanager
-def systems_in(database: Database, names: tuple[str, ...]) -> Iterator[dict[str, KeyValue]]:
-    """One fresh instance of each named system; secure_kv gets a database of its own."""
+def systems_in(
+    database: Database, names: tuple[str, ...], *, share_sqlite: bool = False
+) -> Iterator[dict[str, KeyValue]]:
+    """One fresh instance of each named system; secure_kv gets a database of its own. The
+    others share one PostgreSQL schema (a table each), and with ``share_sqlite`` one SQLite
+    file too (otherwise a file each)."""
     made: dict[str, KeyValue] = {}
     shared = database.url()
     try:
         for name in names:
-            url = database.url() if name == SECURE or database.name == "sqlite" else shared
+            own = name == SECURE or (database.name == "sqlite" and not share_sqlite)
+            url = database.url() if own else shared
             made[name] = FACTORIES[name](url, f"kv_{uuid.uuid4().hex[:8]}")
         yield made
     finally:
@@ -172,10 +194,10 @@ def warm_up(systems: dict[str, KeyValue], keys: list[str], values: dict[str, lis
 
 def timed(operation: Callable[[], Any]) -> Callable[[int], float]:
     def run(n: int) -> float:
-        start = time.perf_counter()
+        start = clock()
         for _ in range(n):
             operation()
-        return time.perf_counter() - start
+        return clock() - start
 
     return run
 
@@ -202,6 +224,7 @@ def ops_section(database: Database, config: Config, rng: random.Random) -> dict[
             name: ratio(samples[f"{op}/{name}"], samples[f"{op}/{CORE}"]) for name in OPS_SYSTEMS
         }
         result[f"{op}_utils_over_secure"] = ratio(samples[f"{op}/{UTILS}"], samples[f"{op}/{SECURE}"])
+        result[f"{op}_vs_raw"] = ratio(samples[f"{op}/{SECURE}"], samples[f"{op}/{RAW}"])
     return result
 
 
@@ -289,6 +312,7 @@ def batch_section(database: Database, config: Config, rng: random.Random) -> dic
     """1,000 keys: set_many / get_many against 1,000 single calls, interleaved."""
     keys = [f"batch-{i:04d}" for i in range(BATCH)]
     pool = [rng.randbytes(VALUE_BYTES) for _ in range(BATCH + 1)]
+    floor = RawBatchFloor(database.url(), f"kv_{uuid.uuid4().hex[:8]}")
     with systems_in(database, (SECURE,)) as systems:
         system = systems[SECURE]
         assert isinstance(system, SecureKV)
@@ -300,47 +324,142 @@ def batch_section(database: Database, config: Config, rng: random.Random) -> dic
 
         def singles_set(n: int) -> float:
             batches = [items() for _ in range(n)]
-            start = time.perf_counter()
+            start = clock()
             for batch in batches:
                 for key, value in batch:
                     system.set(key, value)
-            return time.perf_counter() - start
+            return clock() - start
 
         def many_set(n: int) -> float:
             batches = [dict(items()) for _ in range(n)]
-            start = time.perf_counter()
+            start = clock()
             for batch in batches:
                 system.set_many(batch)
-            return time.perf_counter() - start
+            return clock() - start
 
         def singles_get(n: int) -> float:
-            start = time.perf_counter()
+            start = clock()
             for _ in range(n):
                 for key in keys:
                     system.get(key)
-            return time.perf_counter() - start
+            return clock() - start
 
         def many_get(n: int) -> float:
-            start = time.perf_counter()
+            start = clock()
             for _ in range(n):
                 if len(system.get_many(keys)) != BATCH:
                     raise AssertionError("get_many lost keys")
-            return time.perf_counter() - start
+            return clock() - start
 
-        system.set_many(dict(items()))
-        tasks = {
-            "set x1000": singles_set,
-            "set_many": many_set,
-            "get x1000": singles_get,
-            "get_many": many_get,
-        }
-        samples, _ = interleave(tasks, rounds=config.batch_rounds, block_ops=1, rng=rng)
+        def floor_set(n: int) -> float:
+            batches = [items() for _ in range(n)]
+            start = clock()
+            for batch in batches:
+                floor.set_many(batch)
+            return clock() - start
+
+        def floor_get(n: int) -> float:
+            start = clock()
+            for _ in range(n):
+                if len(floor.get_many(keys)) != BATCH:
+                    raise AssertionError("the floor's get_many lost keys")
+            return clock() - start
+
+        try:
+            system.set_many(dict(items()))
+            floor.set_many(items())
+            system.get_many(keys)  # compiles its IN-list statements before any clock runs
+            floor.get_many(keys)
+            tasks = {
+                "set x1000": singles_set,
+                "set_many": many_set,
+                "floor set_many": floor_set,
+                "get x1000": singles_get,
+                "get_many": many_get,
+                "floor get_many": floor_get,
+            }
+            samples, _ = interleave(tasks, rounds=config.batch_rounds, block_ops=1, rng=rng)
+        finally:
+            floor.close()
     return {
         "keys": BATCH,
         "time": {name: summary(s) for name, s in samples.items()},
         "set_speedup": ratio(samples["set x1000"], samples["set_many"]),
         "get_speedup": ratio(samples["get x1000"], samples["get_many"]),
+        "set_vs_floor": ratio(samples["set_many"], samples["floor set_many"]),
+        "get_vs_floor": ratio(samples["get_many"], samples["floor get_many"]),
     }
+
+
+def scaled(task: Callable[[int], float], share: int) -> Callable[[int], float]:
+    """``task`` run for 1/``share`` of each block, its time scaled to the whole block."""
+
+    def run(n: int) -> float:
+        ops = max(1, n // share)
+        return task(ops) * n / ops
+
+    return run
+
+
+def peers_section(database: Database, config: Config, rng: random.Random) -> dict[str, Any]:
+    """secure_kv against the encryption libraries, each through plain Core's table: per-op
+    set and get of 100-byte values (interleaved as in ``ops``), then one 16 MiB value's
+    set+get time and peak Python heap (as in ``big``). Ratios are secure_kv / peer."""
+    keys = [f"key-{i:04d}" for i in range(KEY_COUNT)]
+    raw_values = [rng.randbytes(VALUE_BYTES) for _ in range(VALUE_POOL)]
+    result: dict[str, Any] = {"systems": list(PEER_SYSTEMS)}
+    with systems_in(database, PEER_SYSTEMS, share_sqlite=True) as systems:
+        values = {name: [s.prepare(v) for v in raw_values] for name, s in systems.items()}
+        warm_up(systems, keys, values)
+        tasks = {}
+        for name, system in systems.items():
+            share = SLOW_PEERS.get(name, 1)
+            tasks[f"set/{name}"] = scaled(key_value_task(system.set, keys, values[name]), share)
+            tasks[f"get/{name}"] = scaled(key_task(system.get, keys), share)
+        samples, _ = interleave(tasks, rounds=config.rounds, block_ops=config.block_ops, rng=rng)
+        for op in ("set", "get"):
+            result[op] = {name: summary(samples[f"{op}/{name}"]) for name in PEER_SYSTEMS}
+            result[f"{op}_secure_over"] = {
+                name: ratio(samples[f"{op}/{SECURE}"], samples[f"{op}/{name}"]) for name in PEER_SYSTEMS
+            }
+        print("    ops done", flush=True)
+        for system in systems.values():  # the 1,000 small rows stay; only the big one is added
+            system.set("big", b"")
+        big_values = [rng.randbytes(BIG) for _ in range(2)]
+        turns = {name: itertools.count() for name in systems}
+
+        def set_get(system: KeyValue) -> bool:
+            value = big_values[next(turns[system.name]) % 2]
+            system.set("big", value)
+            got = system.get("big")
+            return got is not None and len(got) == len(value)
+
+        for system in systems.values():
+            if not set_get(system):
+                raise AssertionError(f"{system.name}: the 16 MiB value did not read back")
+        times, _ = interleave(
+            {name: timed(functools.partial(set_get, s)) for name, s in systems.items()},
+            rounds=config.big_rounds,
+            block_ops=1,
+            rng=rng,
+        )
+        memory: dict[str, list[int]] = {name: [] for name in PEER_SYSTEMS}
+        for _ in range(config.memory_repeats):
+            order = list(PEER_SYSTEMS)
+            rng.shuffle(order)
+            for name in order:
+                memory[name].append(peak_python_bytes(functools.partial(set_get, systems[name])))
+        for system in systems.values():
+            system.set("big", b"")
+    peak = {name: statistics.median(found) for name, found in memory.items()}
+    result["big"] = {
+        "value_bytes": BIG,
+        "time": {name: summary(times[name]) for name in PEER_SYSTEMS},
+        "time_secure_over": {name: ratio(times[SECURE], times[name]) for name in PEER_SYSTEMS},
+        "peak_bytes": peak,
+        "peak_secure_over": {name: peak[SECURE] / peak[name] for name in PEER_SYSTEMS},
+    }
+    return result
 
 
 def records_section(database: Database, config: Config, rng: random.Random) -> dict[str, Any]:
@@ -348,7 +467,7 @@ def records_section(database: Database, config: Config, rng: random.Random) -> d
     levels = [n for n in RECORD_LEVELS if n <= config.records]
     if not levels or levels[-1] != config.records:
         levels.append(config.records)
-    names = (SECURE, CORE)
+    names = (SECURE, CORE, RAW)
     result: dict[str, Any] = {"counts": levels, "set": {n: [] for n in names}, "get": {n: [] for n in names}}
     value = rng.randbytes(VALUE_BYTES)
     values = [rng.randbytes(VALUE_BYTES) for _ in range(VALUE_POOL)]
@@ -384,6 +503,7 @@ SECTIONS: dict[str, Callable[[Database, Config, random.Random], dict[str, Any]]]
     "big": big_section,
     "batch": batch_section,
     "records": records_section,
+    "peers": peers_section,
 }
 
 
@@ -399,7 +519,10 @@ def show(database: str, name: str, r: dict[str, Any]) -> None:
                 for s in OPS_SYSTEMS
             )
             print(f"  {op}: {line}")
-            print(f"       sqlalchemy-utils / secure_kv = {r[f'{op}_utils_over_secure']['ratio']:.1f}x")
+            print(
+                f"       sqlalchemy-utils / secure_kv = {r[f'{op}_utils_over_secure']['ratio']:.1f}x, "
+                f"secure_kv / raw + AES-GCM = {r[f'{op}_vs_raw']['ratio']:.2f}x"
+            )
     elif name == "big":
         print(
             f"  16 MiB set+get: secure_kv {r['time'][SECURE]['median'] * 1e3:.0f} ms, plain Core "
@@ -408,10 +531,32 @@ def show(database: str, name: str, r: dict[str, Any]) -> None:
             f"({r['peak_vs_core']:.2f}x)"
         )
     elif name == "batch":
+        t = r["time"]
         print(
             f"  1,000 keys: set_many {r['set_speedup']['ratio']:.1f}x faster than 1,000 set, "
             f"get_many {r['get_speedup']['ratio']:.1f}x faster than 1,000 get"
         )
+        for op in ("set", "get"):
+            against = r[f"{op}_vs_floor"]
+            print(
+                f"  {op}_many {t[f'{op}_many']['median'] * 1e3:.2f} ms vs floor "
+                f"{t[f'floor {op}_many']['median'] * 1e3:.2f} ms: {against['ratio']:.2f}x "
+                f"(rounds {against['round_p25']:.2f}-{against['round_p75']:.2f})"
+            )
+    elif name == "peers":
+        for op in ("set", "get"):
+            line = ", ".join(
+                f"{s} {r[op][s]['median'] * us:,.0f} µs ({r[f'{op}_secure_over'][s]['ratio']:.2f}x)"
+                for s in r["systems"]
+            )
+            print(f"  {op} (secure_kv / system): {line}")
+        big = r["big"]
+        line = ", ".join(
+            f"{s} {big['time'][s]['median'] * 1e3:,.0f} ms / {big['peak_bytes'][s] / MIB:.1f} MiB "
+            f"({big['time_secure_over'][s]['ratio']:.2f}x / {big['peak_secure_over'][s]:.2f}x)"
+            for s in r["systems"]
+        )
+        print(f"  16 MiB set+get time / peak heap (secure_kv / system): {line}")
     elif name == "records":
         for op in ("set", "get"):
             growth = ", ".join(f"{s} {g:.2f}x" for s, g in r[f"{op}_growth"].items())
@@ -476,6 +621,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, help="random seed for values and block order")
     parser.add_argument("--profile", action="store_true", help="cProfile secure_kv set/get/get_many and exit")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="cpu: time SQLite by the thread's CPU time, robust to a busy machine (PostgreSQL: always wall)",
+    )
     args = parser.parse_args(argv)
 
     for name in list(os.environ):  # the developer's settings must not change what is measured
@@ -518,6 +669,8 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(database, PostgresSchemas):
             env["postgresql"] = database.version
         found: dict[str, Any] = {}
+        use_cpu_clock(args.clock == "cpu" and database.name == "sqlite")
+        found["clock"] = "cpu" if args.clock == "cpu" and database.name == "sqlite" else "wall"
         try:
             for section in sections:
                 print(f"  [{section}]", flush=True)

@@ -40,6 +40,37 @@ raw + AES-GCM
     The floor: the DBAPI driver alone (``sqlite3``, or ``psycopg`` in autocommit mode), one
     connection, and ``AESGCM`` from ``cryptography`` with a random nonce and the key as
     associated data. No key hierarchy, no pool, no reconnects, no thread safety.
+    ``set_many``/``get_many`` are the floor of a batch: one ``executemany`` upsert in one
+    transaction, one select of every key, and AES-GCM over each value in a Python loop.
+
+The encryption libraries a user would pick instead (the *peers*). Each stores through plain
+Core's table and statements (above: the same engine settings, upsert and select), so what
+differs is only the encryption, done the way the library's documentation recommends:
+
+AWS Encryption SDK
+    ``aws-encryption-sdk`` 4 with the Material Providers Library: a raw AES keyring
+    (``ALG_AES256_GCM_IV12_TAG16``) and the client's defaults (commitment policy
+    ``REQUIRE_ENCRYPT_REQUIRE_DECRYPT``, algorithm suite
+    ``AES_256_GCM_HKDF_SHA512_COMMIT_KEY_ECDSA_P384``: a fresh data key and an ECDSA P-384
+    signature per message). The encryption context ``{namespace, key}`` binds a value to its
+    key; decrypt is given it back, so a moved value fails, as the SDK's docs advise.
+
+AWS Encryption SDK, caching CMM
+    The same SDK with the caching cryptographic materials manager its docs recommend for
+    throughput (``CachingCryptoMaterialsManager`` over a ``LocalCryptoMaterialsCache`` of
+    4,096 entries, max age 10 minutes), over a raw AES master key (the caching CMM takes a
+    master-key provider, not an MPL keyring). Defaults otherwise. The encryption context is
+    part of the cache key, so each key's materials are cached once the key was written.
+    Decrypt checks the context read back, as the docs show.
+
+Tink
+    ``tink`` (Google's C++ core through pybind11): an ``Aead`` primitive from a keyset made
+    with the ``AES256_GCM`` template; associated data is the key, as Tink's docs recommend.
+
+MultiFernet
+    pyca ``cryptography``'s ``MultiFernet`` over two ``Fernet`` keys (the current one first,
+    as for a key rotation): AES-128-CBC plus HMAC-SHA256, base64 tokens. Fernet has no
+    associated data, so a value moved to another key still opens: a weaker contract.
 """
 
 from __future__ import annotations
@@ -55,7 +86,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import orm
 from sqlalchemy.dialects import postgresql, sqlite
 
-from bench._harness import sqlite_pragmas
+from bench._harness import SQLITE_MMAP_BYTES, sqlite_pragmas
 from secure_kv import SecureStore
 from secure_kv.keys import StaticMasterKey
 
@@ -66,6 +97,11 @@ CORE = "plain Core"
 CORE_AUTOCOMMIT = "Core, autocommit"
 UTILS = "sqlalchemy-utils"
 RAW = "raw + AES-GCM"
+AWS_SDK = "AWS Encryption SDK"
+AWS_CACHING = "AWS Encryption SDK, caching"
+TINK = "Tink"
+MULTIFERNET = "MultiFernet"
+PEERS = (AWS_SDK, AWS_CACHING, TINK, MULTIFERNET)
 
 
 class KeyValue:
@@ -236,6 +272,7 @@ class RawAesGcm(KeyValue):
             self.connection: Any = sqlite3.connect(parsed.database or "", isolation_level=None)
             self.connection.execute("PRAGMA journal_mode=WAL")
             self.connection.execute("PRAGMA synchronous=NORMAL")
+            self.connection.execute(f"PRAGMA mmap_size={SQLITE_MMAP_BYTES}")
             placeholder, blob = "?", "BLOB"
         else:
             import psycopg
@@ -254,6 +291,7 @@ class RawAesGcm(KeyValue):
         self.connection.execute(ddl.format(blob=blob))
         self.upsert_sql = upsert.format(p=placeholder)
         self.select_sql = select.format(p=placeholder)
+        self.select_many_sql = f"SELECT key, value FROM {table_name} WHERE namespace = {placeholder} AND key"
         self.insert_sql = self.insert_sql.format(p=placeholder)
         self.cursor = self.connection.cursor()
         self.set = self._set
@@ -272,8 +310,202 @@ class RawAesGcm(KeyValue):
         sealed = memoryview(row[0])
         return self.aead.decrypt(sealed[:12], sealed[12:], key.encode())
 
+    def bulk_load(self, items: list[tuple[str, bytes]]) -> None:
+        rows = []
+        for key, value in items:
+            nonce = os.urandom(12)
+            rows.append((NAMESPACE, key, nonce + self.aead.encrypt(nonce, value, key.encode())))
+        if isinstance(self.connection, sqlite3.Connection):
+            self.cursor.execute("BEGIN")
+            self.cursor.executemany(self.insert_sql, rows)
+            self.cursor.execute("COMMIT")
+        else:
+            with self.connection.transaction():
+                self.cursor.executemany(self.insert_sql, rows)
+
     def close(self) -> None:
         self.connection.close()
+
+
+class RawBatchFloor(RawAesGcm):
+    """The floor of a batch on the same held connection: what a batch cannot go below."""
+
+    def set_many(self, items: list[tuple[str, bytes]]) -> None:
+        nonces = os.urandom(12 * len(items))
+        rows = []
+        for index, (key, value) in enumerate(items):
+            nonce = nonces[12 * index : 12 * index + 12]
+            rows.append((NAMESPACE, key, nonce + self.aead.encrypt(nonce, value, key.encode())))
+        if isinstance(self.connection, sqlite3.Connection):
+            self.cursor.execute("BEGIN")
+            self.cursor.executemany(self.upsert_sql, rows)
+            self.cursor.execute("COMMIT")
+        else:
+            with self.connection.transaction():
+                self.cursor.executemany(self.upsert_sql, rows)
+
+    def get_many(self, keys: list[str]) -> dict[str, bytes]:
+        if isinstance(self.connection, sqlite3.Connection):
+            marks = ", ".join("?" * len(keys))
+            self.cursor.execute(
+                f"{self.select_many_sql} IN ({marks})",
+                (NAMESPACE, *keys),
+            )
+        else:
+            self.cursor.execute(f"{self.select_many_sql} = ANY(%s)", (NAMESPACE, keys))
+        result = {}
+        for key, blob in self.cursor.fetchall():
+            sealed = memoryview(blob)
+            result[key] = self.aead.decrypt(sealed[:12], sealed[12:], key.encode())
+        return result
+
+
+class EncryptedCore(PlainCore):
+    """A peer: plain Core's table and statements, values sealed by an encryption library."""
+
+    def seal(self, key: str, value: bytes) -> bytes:
+        raise NotImplementedError
+
+    def open(self, key: str, blob: bytes) -> bytes:
+        raise NotImplementedError
+
+    def _set(self, key: str, value: bytes) -> None:
+        sealed = self.seal(key, value)
+        with self.engine.begin() as connection:
+            connection.execute(self.upsert, {"namespace": NAMESPACE, "key": key, "value": sealed})
+
+    def _get(self, key: str) -> bytes | None:
+        with self.engine.connect() as connection:
+            row = connection.execute(self.select, {"namespace": NAMESPACE, "key": key}).first()
+        return None if row is None else self.open(key, row[0])
+
+    def bulk_load(self, items: list[tuple[str, bytes]]) -> None:
+        super().bulk_load([(key, self.seal(key, value)) for key, value in items])
+
+
+class AwsEncryptionSdk(EncryptedCore):
+    """AWS Encryption SDK, raw AES keyring (Material Providers Library), SDK defaults."""
+
+    name = AWS_SDK
+
+    def __init__(self, url: str, table_name: str) -> None:
+        import aws_encryption_sdk
+        from aws_cryptographic_material_providers.mpl import AwsCryptographicMaterialProviders
+        from aws_cryptographic_material_providers.mpl.config import MaterialProvidersConfig
+        from aws_cryptographic_material_providers.mpl.models import (
+            AesWrappingAlg,
+            CreateRawAesKeyringInput,
+        )
+
+        super().__init__(url, table_name)
+        providers = AwsCryptographicMaterialProviders(config=MaterialProvidersConfig())
+        self.keyring = providers.create_raw_aes_keyring(
+            input=CreateRawAesKeyringInput(
+                key_namespace="bench",
+                key_name="wrapping-key-1",
+                wrapping_key=os.urandom(32),
+                wrapping_alg=AesWrappingAlg.ALG_AES256_GCM_IV12_TAG16,
+            )
+        )
+        self.client = aws_encryption_sdk.EncryptionSDKClient(
+            commitment_policy=aws_encryption_sdk.CommitmentPolicy.REQUIRE_ENCRYPT_REQUIRE_DECRYPT
+        )
+
+    def seal(self, key: str, value: bytes) -> bytes:
+        sealed, _ = self.client.encrypt(
+            source=value, keyring=self.keyring, encryption_context={"namespace": NAMESPACE, "key": key}
+        )
+        return bytes(sealed)
+
+    def open(self, key: str, blob: bytes) -> bytes:
+        value, _ = self.client.decrypt(
+            source=blob, keyring=self.keyring, encryption_context={"namespace": NAMESPACE, "key": key}
+        )
+        return bytes(value)
+
+
+class AwsEncryptionSdkCaching(EncryptedCore):
+    """AWS Encryption SDK with its caching cryptographic materials manager."""
+
+    name = AWS_CACHING
+
+    def __init__(self, url: str, table_name: str) -> None:
+        import aws_encryption_sdk
+        from aws_encryption_sdk.identifiers import EncryptionKeyType, WrappingAlgorithm
+        from aws_encryption_sdk.key_providers.raw import RawMasterKey, WrappingKey
+
+        super().__init__(url, table_name)
+        master_key = RawMasterKey(
+            provider_id="bench",
+            key_id=b"wrapping-key-1",
+            wrapping_key=WrappingKey(
+                wrapping_algorithm=WrappingAlgorithm.AES_256_GCM_IV12_TAG16_NO_PADDING,
+                wrapping_key=os.urandom(32),
+                wrapping_key_type=EncryptionKeyType.SYMMETRIC,
+            ),
+        )
+        self.materials = aws_encryption_sdk.CachingCryptoMaterialsManager(
+            master_key_provider=master_key,
+            cache=aws_encryption_sdk.LocalCryptoMaterialsCache(capacity=4096),
+            max_age=600.0,
+        )
+        self.client = aws_encryption_sdk.EncryptionSDKClient(
+            commitment_policy=aws_encryption_sdk.CommitmentPolicy.REQUIRE_ENCRYPT_REQUIRE_DECRYPT
+        )
+
+    def seal(self, key: str, value: bytes) -> bytes:
+        sealed, _ = self.client.encrypt(
+            source=value,
+            materials_manager=self.materials,
+            encryption_context={"namespace": NAMESPACE, "key": key},
+        )
+        return bytes(sealed)
+
+    def open(self, key: str, blob: bytes) -> bytes:
+        value, header = self.client.decrypt(source=blob, materials_manager=self.materials)
+        context = header.encryption_context
+        if context.get("namespace") != NAMESPACE or context.get("key") != key:
+            raise ValueError("encryption context does not match: the value was moved")
+        return bytes(value)
+
+
+class TinkAead(EncryptedCore):
+    """Tink's AEAD primitive from an AES256_GCM keyset; the key as associated data."""
+
+    name = TINK
+
+    def __init__(self, url: str, table_name: str) -> None:
+        import tink
+        from tink import aead
+
+        super().__init__(url, table_name)
+        aead.register()
+        handle = tink.new_keyset_handle(aead.aead_key_templates.AES256_GCM)
+        self.aead = handle.primitive(aead.Aead)
+
+    def seal(self, key: str, value: bytes) -> bytes:
+        return bytes(self.aead.encrypt(value, key.encode()))
+
+    def open(self, key: str, blob: bytes) -> bytes:
+        return bytes(self.aead.decrypt(blob, key.encode()))
+
+
+class MultiFernetCore(EncryptedCore):
+    """pyca's MultiFernet over two keys, current first (no associated data: see above)."""
+
+    name = MULTIFERNET
+
+    def __init__(self, url: str, table_name: str) -> None:
+        from cryptography.fernet import Fernet, MultiFernet
+
+        super().__init__(url, table_name)
+        self.fernet = MultiFernet([Fernet(Fernet.generate_key()), Fernet(Fernet.generate_key())])
+
+    def seal(self, key: str, value: bytes) -> bytes:
+        return self.fernet.encrypt(value)
+
+    def open(self, key: str, blob: bytes) -> bytes:
+        return self.fernet.decrypt(bytes(blob))
 
 
 FACTORIES: dict[str, Callable[[str, str], KeyValue]] = {
@@ -282,4 +514,8 @@ FACTORIES: dict[str, Callable[[str, str], KeyValue]] = {
     CORE_AUTOCOMMIT: PlainCoreAutocommit,
     UTILS: SqlalchemyUtils,
     RAW: RawAesGcm,
+    AWS_SDK: AwsEncryptionSdk,
+    AWS_CACHING: AwsEncryptionSdkCaching,
+    TINK: TinkAead,
+    MULTIFERNET: MultiFernetCore,
 }

@@ -23,6 +23,7 @@ from .errors import MasterKeyError
 from .keys import MasterKeyProvider, provider_from_settings
 from .migrate import ensure_schema
 from .report import REPORT_FIELDS, ReportSummary, iter_report_rows
+from .report_html import check_available, write_html_report
 from .schema import audit_events, data_keys, records, workspaces
 from .settings import Settings, load_settings
 from .store import SecureStore
@@ -81,13 +82,17 @@ def audit_report(
     on_total: RowCounter | None = None,
     on_row: RowCounter | None = None,
 ) -> ReportSummary:
-    """Write one row per record (JSON array or CSV) to ``out``, streamed; never a value.
+    """Write one row per record (JSON array, CSV, or an HTML page) to ``out``; never a value.
+
+    JSON and CSV are streamed; ``html`` is one self-contained page (report_html.py).
 
     Needs no master key; with one, the report is recorded in the audit log first.
     """
     settings = settings if settings is not None else load_settings()
-    if fmt not in ("json", "csv"):
-        raise ValueError("format must be json or csv")
+    if fmt not in ("json", "csv", "html"):
+        raise ValueError("format must be json, csv or html")
+    if fmt == "html":
+        check_available()  # before anything is recorded or read
     provider = _provider_or_none(settings, master_key)
     _record_admin(settings, provider, "audit.report", f"format {fmt}, workspace {workspace or 'all'}")
     summary = ReportSummary()
@@ -110,6 +115,16 @@ def audit_report(
             writer = csv.writer(out, lineterminator="\r\n")
             writer.writerow(REPORT_FIELDS)
             writer.writerows(rows)
+        elif fmt == "html":
+            write_html_report(
+                out,
+                database,
+                (dict(zip(REPORT_FIELDS, row, strict=True)) for row in rows),
+                summary,
+                database_label=sa.make_url(settings.database_url).render_as_string(hide_password=True),
+                workspace=workspace,
+                max_age_days=settings.dek_max_age_days,
+            )
         else:
             encode = json.JSONEncoder(ensure_ascii=False).encode
             _write_json_array(out, (dict(zip(REPORT_FIELDS, row, strict=True)) for row in rows), None, encode)

@@ -176,7 +176,8 @@ def _check_anchor(
         data = json.loads(text)
         heads = [(int(c), int(s), bytes.fromhex(d)) for c, s, d in data["heads"]]
         pinned_keys = [(int(k), bytes.fromhex(p)) for k, p in data["keys"]]
-    except (ValueError, KeyError, TypeError):
+    # OverflowError: a number such as 1e999 (json reads inf); RecursionError: nesting.
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
         report.fail(f"anchor {anchor_id}", "its record is malformed (edited)")
         return {}, {}
     if anchor_digest(anchor_id, int(created_at), heads, pinned_keys) != expected:

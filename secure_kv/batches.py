@@ -9,14 +9,16 @@ event, and a failed event fails the whole batch.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .audit import Appender
 from .categories import CATEGORY_CODES, Category, parse_category
+from .credentials import find_credential
 from .database import UndecodableTextError
 from .datakeys import MissingDataKeyError, now_micros
-from .envelope import HEADER_BYTES, DataKey, key_context, open_record, row_in_domain, seal_values
+from .envelope import HEADER_BYTES, DataKey, open_record, row_in_domain, seal_records
 from .errors import AuthenticationError, InvalidInputError, InvalidTypeError, SecureKVError, StorageError
 from .statements import in_list_chunks
 from .validation import Buffer, check_key, check_ttl, check_value
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["delete_many", "get_many", "set_many"]
 
 _TOKEN = Category.TOKEN.value
+_BY_KEY = operator.itemgetter(1)
 _CODE_BY_VALUE = {category.value: CATEGORY_CODES[category] for category in Category}
 # Rows per executemany call: bounds what a driver buffers at once.
 _WRITE_CHUNK = 1000
@@ -53,61 +56,69 @@ def set_many(
     ttl: object,
 ) -> None:
     store = ws._store
-    settings = store._settings
+    max_bytes = store._settings.max_value_bytes
     chosen = parse_category(category)
     seconds = check_ttl(ttl)
     checked: dict[bytes, tuple[str, Buffer]] = {}
     for index, (key, val) in enumerate(_pairs(items)):
-        key_bytes = _checked_key(key, "set_many", index)
         try:
-            checked[key_bytes] = (key, check_value(val, settings.max_value_bytes))
+            key_bytes = check_key(key)
+        except InvalidInputError as error:
+            # By position: the rejected key is not echoed (it might be a misplaced secret).
+            raise type(error)(f"set_many: key {index}: {error}") from None
+        try:
+            checked[key_bytes] = (key, check_value(val, max_bytes))
         except InvalidInputError as error:
             raise type(error)(f"set_many: {ws._describe(key)}: {error}") from None
     store._check_open()
     if not checked:
         return
     # The credential policy runs per entry, before anything is written: "reject" refuses
-    # the whole batch, "promote" turns the entries it flags into tokens.
-    categories = {
-        key_bytes: chosen if chosen is Category.TOKEN else ws._apply_credential_policy(key, value, chosen)
-        for key_bytes, (key, value) in checked.items()
-    }
+    # the whole batch, "promote" turns the entries it flags into tokens. Only the entries
+    # it flags pay for more than the scan.
+    categories: dict[bytes, Category] = {}
+    if chosen is not Category.TOKEN:
+        for key_bytes, (key, value) in checked.items():
+            if find_credential(value) is not None:
+                categories[key_bytes] = ws._apply_credential_policy(key, value, chosen)
     now = now_micros()
-    expiry = {c: ws._expires_at(c, seconds, now) for c in set(categories.values())}
-    prefix = ws._context_prefix
+    expiry = {c: ws._expires_at(c, seconds, now) for c in {chosen, *categories.values()}}
+    code, expires_at = CATEGORY_CODES[chosen], expiry[chosen]
     to_seal = [
-        (
-            key_context(
-                prefix, key_bytes, CATEGORY_CODES[categories[key_bytes]], expiry[categories[key_bytes]]
-            ),
-            value,
-        )
+        (key_bytes, code, expires_at, value)
+        if key_bytes not in categories
+        else (key_bytes, CATEGORY_CODES[categories[key_bytes]], expiry[categories[key_bytes]], value)
         for key_bytes, (_, value) in checked.items()
     ]
     database, audit = store._db, store._audit
     as_bytes = database.dialect_name == "mysql"  # PyMySQL cannot send a bytearray
+    prefix = ws._context_prefix
     for _ in range(_RETRIES):
         workspace_id, data_key = ws._keys.current(ws._name_bytes)
-        rows = []
-        for key_bytes, sealed in zip(checked, seal_values(data_key, to_seal), strict=True):
-            if as_bytes:
-                sealed = bytes(sealed)
-                database.check_packet_size(sealed)
-            chosen_here = categories[key_bytes]
-            rows.append(
-                (
-                    workspace_id,
-                    key_bytes,
-                    chosen_here.value,
-                    data_key.version,
-                    now,
-                    now,
-                    expiry[chosen_here],
-                    sealed,
-                )
+        sealed_values = seal_records(data_key, prefix, to_seal)
+        if as_bytes:
+            as_sent = [bytes(sealed) for sealed in sealed_values]
+            for blob in as_sent:
+                database.check_packet_size(blob)
+            sealed_values = list(as_sent)
+        version, value_of = data_key.version, chosen.value
+        rows = [
+            (workspace_id, key_bytes, value_of, version, now, now, expires_at, sealed)
+            if key_bytes not in categories
+            else (
+                workspace_id,
+                key_bytes,
+                categories[key_bytes].value,
+                version,
+                now,
+                now,
+                expiry[categories[key_bytes]],
+                sealed,
             )
+            for key_bytes, sealed in zip(checked, sealed_values, strict=True)
+        ]
         # Every batch takes its row locks in key order, so two batches never deadlock.
-        rows.sort(key=lambda row: row[1])
+        rows.sort(key=_BY_KEY)
         try:
             audit.run(lambda connection, append: _write_rows(ws, rows, connection, append))  # noqa: B023
             return
@@ -194,9 +205,11 @@ def _read_many(
     sql = store._sql
     select = sql.select_records_locked if locked else sql.select_records
 
+    chunks = in_list_chunks(sorted(wanted))  # key order: see set_many
+
     def read(connection: Any) -> list[Any]:
         rows: list[Any] = []
-        for chunk in in_list_chunks(sorted(wanted)):  # key order: see set_many
+        for chunk in chunks:
             rows.extend(select(len(chunk)).fetchall(connection, workspace_id, *chunk))
         return rows
 
@@ -206,8 +219,13 @@ def _read_many(
             return store._audit.run(
                 lambda connection, append: _open_rows(ws, workspace_id, wanted, read(connection), append)
             )
-        # One snapshot: a concurrent writer's batch is seen whole or not at all.
-        rows = store._db.transaction(read, write=False)
+        # One snapshot: a concurrent writer's batch is seen whole or not at all. One
+        # statement reads from one snapshot on every database, so it needs no transaction
+        # (on PostgreSQL that saves the BEGIN and COMMIT round trips).
+        if len(chunks) == 1:
+            rows = store._db.run(read)
+        else:
+            rows = store._db.transaction(read, write=False)
     except UndecodableTextError:
         _name_undecodable(ws, workspace_id, wanted)
         raise

@@ -848,7 +848,9 @@ def audit() -> None:
 
 
 @audit.command("report")
-@click.option("--format", "fmt", type=click.Choice(["json", "csv"]), default="json", show_default=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(["json", "csv", "html"]), default="json", show_default=True
+)
 @click.option("--workspace", metavar="W", help="Only the records of this workspace.")
 def audit_report(fmt: str, workspace: str | None) -> None:
     """One row per record: workspace, key, category, times, key versions, algorithm.
@@ -860,6 +862,8 @@ def audit_report(fmt: str, workspace: str | None) -> None:
     Example:
 
         secure-kv audit report --format csv > records.csv
+
+        secure-kv audit report --format html > report.html   # one page, no network (extra: report)
     """
     from .cli_rich import phase_progress
 

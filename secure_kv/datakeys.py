@@ -156,6 +156,15 @@ class DataKeys:
         self._current.discard(name)
         self._versions.discard_where(lambda entry: entry[0] == workspace_id)
 
+    def cached_version(self, workspace_id: int, version: int) -> DataKey | None:
+        """The data key of one version if this process holds it now, else ``None``."""
+        # _BoundedCache.get, inlined: this runs on every read.
+        cache = self._versions
+        entry = cache._entries.get((workspace_id, version))
+        if entry is None or time.monotonic() - entry[0] > cache._max_age:
+            return None
+        return entry[1]  # type: ignore[no-any-return]
+
     def version(self, workspace_id: int, name: bytes, version: int) -> DataKey | None:
         """The data key of one version, for opening records; ``None`` if it was destroyed."""
         found = self._versions.get((workspace_id, version))

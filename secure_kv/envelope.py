@@ -72,6 +72,7 @@ __all__ = [
     "reseal_value",
     "rewrap_data_key",
     "row_in_domain",
+    "seal_records",
     "seal_value",
     "seal_values",
     "unwrap_data_key",
@@ -292,6 +293,27 @@ def seal_values(data_key: DataKey, items: list[tuple[bytes, Buffer]]) -> list[Bu
     return sealed
 
 
+def seal_records(
+    data_key: DataKey, prefix: bytes, items: list[tuple[bytes, int, int | None, Buffer]]
+) -> list[Buffer]:
+    """:func:`seal_values` for many records of one workspace, given as (key, category code,
+    expiry, plaintext) with the workspace's :func:`context_prefix`: each record's context is
+    built here, its constant tail once per (category, expiry)."""
+    nonces = os.urandom(NONCE_BYTES * len(items))
+    tails: dict[tuple[int, int | None], bytes] = {}
+    version = data_key.version
+    sealed: list[Buffer] = []
+    append = sealed.append
+    for index, (key, code, expires_at, plaintext) in enumerate(items):
+        tail = tails.get((code, expires_at))
+        if tail is None:
+            tail = tails[(code, expires_at)] = _context_tail(code, expires_at)
+        salt, aead = data_key.writer()  # counts every encryption against the subkey's budget
+        nonce = nonces[index * NONCE_BYTES : (index + 1) * NONCE_BYTES]
+        append(_seal(aead, version, salt, nonce, prefix + _U16.pack(len(key)) + key + tail, plaintext))
+    return sealed
+
+
 def _seal(aead: AESGCM, version: int, salt: bytes, nonce: bytes, context: bytes, plaintext: Buffer) -> Buffer:
     header = HEADER.pack(FORMAT_VERSION, ALGORITHM_AES256GCM_HKDF, version, salt, nonce)
     aad = header + context
@@ -397,8 +419,9 @@ def open_record(
                     _context_tail(category_code, expires_at),
                 )
             )
+            aead = data_key._readers.get(salt) or data_key.reader(salt)
             try:
-                return data_key.reader(salt).decrypt(nonce, blob[HEADER_BYTES:], aad)
+                return aead.decrypt(nonce, blob[HEADER_BYTES:], aad)
             except InvalidTag:
                 raise AuthenticationError("sealed value failed authentication") from None
     return open_value(data_key, key_context(prefix, key, category_code, expires_at), blob)

@@ -20,12 +20,14 @@ interrupted one (and destroys any key created since).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
+from .database import SQLITE_BUSY_TIMEOUT_SECONDS
 from .datakeys import now_micros
 from .errors import InvalidInputError, StorageError
 from .progress import NO_PROGRESS, Progress
@@ -33,6 +35,8 @@ from .retirement import lock_data_keys, retire_when_unreferenced, try_transactio
 from .schema import data_keys, records, workspaces
 from .store import SecureStore
 from .validation import check_workspace_name
+
+log = logging.getLogger("secure_kv")
 
 __all__ = ["PurgeReport", "ShredReport", "purge", "shred"]
 
@@ -159,6 +163,24 @@ def shred(
         ),
     )
     store._keys.forget_workspace(name, workspace_id)
+    if database.dialect_name == "sqlite":
+        # The WAL still holds earlier images of the pages with the wrapped keys: copy the
+        # current pages back and empty it, so no file in the directory keeps them.
+        with database.connect() as connection:
+            # Wait a second for readers, not the usual busy timeout: a reader that stays
+            # only delays the emptying, which the warning below tells the operator.
+            connection.exec_driver_sql("PRAGMA busy_timeout=1000")
+            try:
+                busy = connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").scalar()
+            finally:
+                connection.exec_driver_sql(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_SECONDS * 1000}")
+        if busy:
+            log.warning(
+                "shred of workspace %r: another connection kept the SQLite WAL busy, so it still "
+                "holds old copies of the destroyed keys until its next checkpoint; close the "
+                "other processes' stores (or run the shred again) to empty it",
+                workspace,
+            )
     return ShredReport(
         workspace=workspace,
         destroyed_keys=destroyed,

@@ -23,6 +23,7 @@ from .envelope import (
     HEADER_BYTES,
     context_prefix,
     key_context,
+    open_record,
     open_value,
     parse_header,
     row_in_domain,
@@ -48,6 +49,8 @@ __all__ = ["SecureStore", "Workspace"]
 log = logging.getLogger("secure_kv")
 
 _CATEGORY_BY_VALUE = {category.value: category for category in Category}
+# By the stored string: hashing a Category runs Enum.__hash__ in Python.
+_CODE_BY_VALUE = {category.value: CATEGORY_CODES[category] for category in Category}
 _TOKEN = Category.TOKEN.value
 # Retries when a write races a rotation or shred that retired the data key it used.
 _STALE_KEY_RETRIES = 3
@@ -342,6 +345,10 @@ class Workspace:
                 raise self._tampered(key) from None
             if row is None:
                 return None
+            if row[0] != _TOKEN:
+                found = self._open_cached(key_bytes, workspace_id, row)
+                if found is not None:
+                    return found
             try:
                 found = self._open(key, key_bytes, workspace_id, row)
             except MissingDataKeyError as error:
@@ -416,6 +423,25 @@ class Workspace:
             if self._store._db.engine.dialect.is_disconnect(error, connection, None):  # type: ignore[arg-type]
                 raise  # the pool replaces the connection and records the read once more
             raise refused(f"reading {self._describe(key)}", error) from None
+
+    def _open_cached(self, key_bytes: bytes, workspace_id: int, row: Any) -> tuple[bytes, Category] | None:
+        """The common case in one step: an unexpired, well-formed row whose data key is
+        cached. ``None`` for anything else (expired, a key not cached, a failure), which
+        :meth:`_open` then handles in full: its checks, errors and audit events."""
+        category_value, dek_version, expires_at, blob = row
+        code = _CODE_BY_VALUE.get(category_value)
+        if code is None or not row_in_domain(dek_version, expires_at, blob):
+            return None
+        if expires_at is not None and expires_at <= now_micros():
+            return None
+        data_key = self._keys.cached_version(workspace_id, dek_version)
+        if data_key is None:
+            return None
+        try:
+            value = open_record(data_key, self._context_prefix, key_bytes, code, expires_at, blob)
+        except SecureKVError:
+            return None
+        return value, _CATEGORY_BY_VALUE[category_value]
 
     def _open(self, key: str, key_bytes: bytes, workspace_id: int, row: Any) -> tuple[bytes, Category] | None:
         category_value, dek_version, expires_at, blob = row

@@ -364,3 +364,25 @@ def test_batch_token_reads_never_fail_while_writers_replace_the_tokens(store: Se
         for thread in threads:
             thread.join()
     assert not failures, failures
+
+
+def test_set_many_promotes_only_the_flagged_entry_with_its_own_expiry(
+    database_url: str, master_key: StaticMasterKey, engine: sa.Engine
+) -> None:
+    # A cache batch with one credential in it, under the "promote" policy: the credential is
+    # stored as a token (no expiry), the rest as cache entries with the default TTL, and
+    # every value opens under the category it was sealed with.
+    credential = b"ghp_" + b"a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8"
+    with SecureStore.open(database_url, master_key=master_key, credential_policy="promote") as store:
+        ws = store.workspace("tenant")
+        ws.set_many({"plain": b"hello", "leak": credential, "other": b"world"}, category=Category.CACHE)
+        assert ws.get_many(["plain", "leak", "other"]) == {
+            "plain": b"hello",
+            "leak": credential,
+            "other": b"world",
+        }
+        assert ws.get("leak") == credential
+    rows = {key: (category, expires_at) for key, category, expires_at in _rows(engine)}
+    assert rows[b"leak"] == ("token", None)
+    assert rows[b"plain"][0] == rows[b"other"][0] == "cache"
+    assert rows[b"plain"][1] is not None and rows[b"plain"][1] == rows[b"other"][1]

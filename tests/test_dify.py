@@ -193,7 +193,7 @@ def test_plugin_code_runs_unchanged_on_encrypted_storage(
 def test_missing_key_reads_as_none_where_the_sdk_raises(
     session: Any, sqlite_store: SecureStore, storage: EncryptedStorage
 ) -> None:
-    with pytest.raises(Exception, match="load data failed"):  # SDK 0.7.x: a bare Exception
+    with pytest.raises(Exception, match="load data failed"):  # SDK 0.7.x and 0.10.x: a bare Exception
         session.storage.get("missing")
     assert sqlite_store.workspace("w").get("missing") is None
     assert storage.get("missing") is None

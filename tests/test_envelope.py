@@ -311,3 +311,19 @@ def test_an_expiry_outside_its_domain_has_no_record_context(expires_at: Any) -> 
     # -1 would give the same associated data as "no expiry"; the others are no stored expiry.
     with pytest.raises(AuthenticationError):
         record_context(b"w", b"k", 2, expires_at)
+
+
+@pytest.mark.parametrize("size", [0, 100, 70_000])
+def test_records_sealed_in_a_batch_open_only_as_their_own_key_category_and_expiry(size: int) -> None:
+    data_key = DataKey(os.urandom(32), b"ws", 3)
+    prefix = envelope.context_prefix(b"ws")
+    items = [(b"a", 2, None, os.urandom(size)), (b"b", 3, 1234, os.urandom(size)), (b"c", 2, None, b"")]
+    sealed = envelope.seal_records(data_key, prefix, items)
+    assert len({parse_header(s).nonce for s in sealed}) == 3
+    for blob, (key, code, expires_at, plaintext) in zip(sealed, items, strict=True):
+        context = record_context(b"ws", key, code, expires_at)
+        assert open_value(data_key, context, blob) == plaintext
+        assert envelope.open_record(data_key, prefix, key, code, expires_at, blob) == plaintext
+        for other in ((b"x", code, expires_at), (key, 1, expires_at), (key, code, 99)):
+            with pytest.raises(AuthenticationError):
+                envelope.open_record(data_key, prefix, *other, blob)

@@ -12,7 +12,7 @@ Two ways, both with the interface of ``dify_plugin``'s ``StorageInvocation`` (th
     in plaintext files or objects, only ever holds ciphertext.
 
 Both return ``None`` from ``get`` for a missing or expired key, as Dify's documentation
-promises. The SDK itself (0.7.4 as installed, and 0.10.1 in langgenius/dify-plugin-sdks)
+promises. The SDK itself (0.7.x on Python 3.11 and 0.10.x on 3.12+, both tested)
 raises instead: not its
 ``StorageInvocationError`` (nor the ``NotFoundError`` its docstring names), but a bare
 ``Exception`` from ``BackwardsInvocation._line_converter_wrapper`` (dify_plugin/core/runtime.py)
@@ -713,8 +713,9 @@ class EncryptedStorage:
         master = self._provider.find(kek_id)
         if master is None:
             held = ", ".join(key.kek_id for key in self._provider.all_keys())
+            shown = kek_id if kek_id.isprintable() else repr(kek_id)  # read from storage: untrusted
             raise MasterKeyError(
-                f"wrong master key: {where} is wrapped by master key {kek_id}, but the provider "
+                f"wrong master key: {where} is wrapped by master key {shown}, but the provider "
                 f"holds only {held}; use that master key (or list it as a previous key)"
             )
         try:
@@ -765,8 +766,8 @@ class EncryptedStorage:
             except SecureKVError:
                 raise
             except Exception as error:
-                # SDK 0.7.x raises a bare Exception for a missing key, with the same daemon
-                # message as for any other failed load: only exist() tells them apart. A key
+                # SDK 0.7.x and 0.10.x raise a bare Exception for a missing key, with the same
+                # daemon message as for any other failed load: only exist() tells them apart. A key
                 # that exists now may have been written between the two calls (another
                 # process creating the data key): read it once more before calling it a failure.
                 exists = self._raw_exist(key)
