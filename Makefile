@@ -14,7 +14,7 @@ BENCH_STAMP := $(VENV)/.bench-installed
 # depends on the Python), the store, the envelope, the CLI and the example plugin.
 SUBSET := tests/test_dify.py tests/test_store.py tests/test_envelope.py tests/test_cli.py tests/test_examples.py
 
-.PHONY: demo test test-subset lint typecheck fuzz soak bench wheel-check clean
+.PHONY: demo test test-subset lint typecheck fuzz soak bench wheel-check docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,12 +26,16 @@ demo: $(STAMP)
 	$(BIN)/secure-kv demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check secure_kv tests bench examples .ci
-	$(BIN)/ruff format --check secure_kv tests bench examples .ci
+	$(BIN)/ruff check secure_kv tests bench examples .ci scripts conftest.py
+	$(BIN)/ruff format --check secure_kv tests bench examples .ci scripts conftest.py
 	$(BIN)/mypy
 
 test: lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# docs/cli.md from the commands' --help (tests/test_cli_reference.py fails when it drifts).
+docs: $(STAMP)
+	$(BIN)/python scripts/cli_reference.py
 
 # The named subset, on whatever PYTHON says (see SUBSET above).
 test-subset: $(STAMP)

@@ -27,7 +27,7 @@ Method (shared, noisy 2-core machines)
       noise gauge.
     * SQLite: WAL, synchronous=NORMAL for both systems (secure_kv also has foreign keys on,
       part of its cost). PostgreSQL (``--postgres URL``): a fresh schema per store, dropped
-      at the end. Records are created with ``secure_kv.testing.bulk.fill_workspace``
+      at the end. Records are created with ``tests/bulk.py``'s ``fill_workspace``
       (sealed exactly as ``set`` would), which is not timed.
 
 Usage (from the repo root)::
@@ -75,7 +75,7 @@ from bench._harness import SQLiteFiles as SqliteBackend  # noqa: E402
 from secure_kv import SecureStore  # noqa: E402
 from secure_kv.keys import StaticMasterKey  # noqa: E402
 from secure_kv.rotation import rotate_master, rotate_workspace  # noqa: E402
-from secure_kv.testing.bulk import fill_workspace  # noqa: E402
+from tests.bulk import fill_workspace  # noqa: E402
 
 DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 WORKSPACES = 1000

@@ -16,7 +16,7 @@ from typing import Any
 from . import batches
 from .audit import AuditLog, refused
 from .categories import CATEGORY_CODES, Category, parse_category
-from .credentials import find_credential
+from .credentials import apply_credential_policy
 from .database import Database, UndecodableTextError, safe_url
 from .datakeys import DataKeys, MissingDataKeyError, check_master_key, now_micros
 from .envelope import (
@@ -32,7 +32,6 @@ from .envelope import (
 from .errors import (
     AuthenticationError,
     ConfigurationError,
-    InvalidInputError,
     InvalidTypeError,
     MasterKeyError,
     SecureKVError,
@@ -41,7 +40,7 @@ from .errors import (
 )
 from .keys import MasterKeyProvider, provider_from_settings
 from .migrate import ensure_schema
-from .settings import CredentialPolicy, Settings, load_settings
+from .settings import Settings, load_settings
 from .statements import Statements
 from .validation import Buffer, check_key, check_ttl, check_value, check_workspace_name
 
@@ -316,26 +315,7 @@ class Workspace:
 
     def _apply_credential_policy(self, key: str, value: Any, category: Category) -> Category:
         policy = self._store._settings.credential_policy
-        rule = find_credential(value)
-        if rule is None:
-            return category
-        if policy is CredentialPolicy.REJECT:
-            raise InvalidInputError(
-                f"the value for {self._describe(key)} looks like a credential ({rule}) but was "
-                f"given category {category.value!r}: store it with category=Category.TOKEN "
-                "(or set SECURE_KV_CREDENTIAL_POLICY=warn); nothing was stored"
-            )
-        if policy is CredentialPolicy.PROMOTE:
-            log.info("%s looks like a credential (%s): stored as a token", self._describe(key), rule)
-            return Category.TOKEN
-        log.warning(
-            "%s looks like a credential (%s) but is stored as %s: store it with "
-            "category=Category.TOKEN so its reads are audited and it is masked",
-            self._describe(key),
-            rule,
-            category.value,
-        )
-        return category
+        return apply_credential_policy(policy, value, category, self._describe(key))
 
     def get(self, key: str) -> bytes | None:
         """The value, or ``None`` if the key is missing or expired.

@@ -14,8 +14,8 @@ from secure_kv.errors import InvalidInputError, StorageError
 from secure_kv.keys import StaticMasterKey
 from secure_kv.rotation import rotate_workspace
 from secure_kv.schema import records
-from secure_kv.testing.bulk import default_value, fill_workspace, record_name
 
+from .bulk import default_value, fill_workspace, record_name
 from .dbstate import key_rows, last_version, record_versions
 
 

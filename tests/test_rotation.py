@@ -20,8 +20,8 @@ from secure_kv.errors import AuthenticationError, InvalidInputError, MasterKeyEr
 from secure_kv.keys import StaticMasterKey
 from secure_kv.rotation import rotate_master, rotate_workspace, rotate_workspaces
 from secure_kv.schema import records
-from secure_kv.testing.bulk import default_value, fill_workspace, record_name
 
+from .bulk import default_value, fill_workspace, record_name
 from .conftest import make_database_url
 from .dbstate import key_rows, last_version, new_key, record_times, record_versions
 

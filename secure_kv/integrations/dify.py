@@ -111,6 +111,7 @@ from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..categories import CATEGORIES_BY_CODE, CATEGORY_CODES, Category, parse_category
+from ..credentials import apply_credential_policy
 from ..datakeys import now_micros
 from ..envelope import (
     NO_EXPIRY,
@@ -135,7 +136,7 @@ from ..errors import (
     UnsupportedVersionError,
 )
 from ..keys import MasterKey, MasterKeyProvider, StaticMasterKey, provider_from_settings
-from ..settings import Settings, load_settings
+from ..settings import CredentialPolicy, Settings, load_settings
 from ..validation import Buffer, check_key, check_ttl, check_value, check_workspace_name
 
 if TYPE_CHECKING:
@@ -452,6 +453,7 @@ class EncryptedStorage:
     """
 
     __slots__ = (
+        "_credential_policy",
         "_current",
         "_default_cache_ttl",
         "_keys",
@@ -473,6 +475,7 @@ class EncryptedStorage:
         namespace: str = DEFAULT_NAMESPACE,
         max_value_bytes: int | None = None,
         default_cache_ttl: float | None = None,
+        credential_policy: CredentialPolicy | str | None = None,
     ) -> None:
         missing = [
             name for name in ("set", "get", "delete", "exist") if not callable(getattr(storage, name, None))
@@ -502,7 +505,16 @@ class EncryptedStorage:
         self._namespace_bytes = check_workspace_name(namespace)
         self.namespace = namespace
         settings: Settings | None = None
-        if master_key is None or max_value_bytes is None or cache_ttl is None:
+        policy: CredentialPolicy | None = None
+        if credential_policy is not None:
+            try:
+                policy = CredentialPolicy(credential_policy)
+            except ValueError:
+                choices = ", ".join(repr(item.value) for item in CredentialPolicy)
+                raise ConfigurationError(
+                    f"invalid setting: credential_policy must be one of {choices}"
+                ) from None
+        if master_key is None or max_value_bytes is None or cache_ttl is None or policy is None:
             settings = load_settings()
         if master_key is None:
             assert settings is not None
@@ -517,6 +529,10 @@ class EncryptedStorage:
             assert settings is not None
             cache_ttl = settings.default_cache_ttl
         self._default_cache_ttl = cache_ttl
+        if policy is None:
+            assert settings is not None
+            policy = settings.credential_policy
+        self._credential_policy = policy
         self._storage = storage
         self._current: DataKey | None = None
         self._keys: dict[int, DataKey] = {}
@@ -546,6 +562,7 @@ class EncryptedStorage:
             )
         chosen = parse_category(category)
         seconds = check_ttl(ttl)
+        chosen = apply_credential_policy(self._credential_policy, value, chosen, self._describe(key))
         if seconds is None and chosen is Category.CACHE:
             seconds = self._default_cache_ttl
         expires_at = None if seconds is None else now_micros() + max(1, math.ceil(seconds * 1_000_000))

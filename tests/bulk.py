@@ -4,6 +4,9 @@
 slow for building a workspace of 100,000 records. :func:`fill_workspace` seals records
 exactly as ``set`` does (same data key, same context, same layout) and inserts them in
 large batches, one transaction each, so they read back through ``get`` like any other.
+
+Kept out of the wheel (it was ``secure_kv.testing.bulk``): it writes tokens without their
+audit events, which no application should be able to do through an installed package.
 """
 
 from __future__ import annotations
@@ -12,12 +15,12 @@ from collections.abc import Callable
 
 import sqlalchemy as sa
 
-from ..categories import CATEGORY_CODES, Category, parse_category
-from ..datakeys import now_micros
-from ..envelope import record_context, seal_value
-from ..schema import records
-from ..store import SecureStore
-from ..validation import check_key, check_workspace_name
+from secure_kv.categories import CATEGORY_CODES, Category, parse_category
+from secure_kv.datakeys import now_micros
+from secure_kv.envelope import record_context, seal_value
+from secure_kv.schema import records
+from secure_kv.store import SecureStore
+from secure_kv.validation import check_key, check_workspace_name
 
 __all__ = ["default_value", "fill_workspace", "record_name"]
 
