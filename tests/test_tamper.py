@@ -14,23 +14,11 @@ from secure_kv import Category, SecureStore
 from secure_kv.errors import AuthenticationError, MasterKeyError, UnsupportedVersionError
 from secure_kv.keys import StaticMasterKey
 
+from .adversarial.raw import RawDatabase
 
-class Raw:
+
+class Raw(RawDatabase):
     """Direct SQL access to a store's tables, as an attacker with database access has."""
-
-    def __init__(self, url: str) -> None:
-        self.engine = sa.create_engine(url)
-
-    def close(self) -> None:
-        self.engine.dispose()
-
-    def workspace_id(self, name: str) -> int:
-        with self.engine.connect() as c:
-            return int(
-                c.execute(
-                    sa.text("SELECT id FROM skv_workspaces WHERE name = :n"), {"n": name.encode()}
-                ).scalar_one()
-            )
 
     def record(self, workspace: str, key: str) -> dict[str, Any]:
         with self.engine.connect() as c:
