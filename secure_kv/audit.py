@@ -24,7 +24,6 @@ the measurements behind both choices.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -33,11 +32,12 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.engine.interfaces import DBAPIConnection
 
+from . import _fork
+from ._clock import now_micros
 from .audit_events import Event, event_digest, genesis_digest
 from .audit_keys import SigningKey, load_signing_key
 from .audit_statements import AuditStatements
 from .database import Database
-from .datakeys import now_micros
 from .errors import StorageError
 from .keys.base import MasterKeyProvider
 from .schema import audit_chains, audit_checkpoints, audit_events
@@ -55,17 +55,8 @@ _MAX_IDLE_CHAINS = 32
 # that `rotate master` created (providers pick a new master key up on the same scale).
 _SIGNER_RECHECK_SECONDS = 60.0
 
-_fork_generation = 0
-
-
-def _after_fork_in_child() -> None:
-    # A child must not append to its parent's chains: both would write the same positions.
-    global _fork_generation
-    _fork_generation += 1
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+# A child must not append to its parent's chains (_fork.generation): both would write
+# the same positions.
 
 
 class _Chain:
@@ -77,7 +68,7 @@ class _Chain:
         self.signing_key_id = signer.id
         self.seq = 0
         self.digest = genesis_digest(chain_id, signer.id)
-        self.generation = _fork_generation
+        self.generation = _fork.generation
         self.reusable = True
 
 
@@ -211,7 +202,7 @@ class AuditLog:
         with self._lock:
             while self._idle:
                 chain = self._idle.pop()
-                if chain.generation == _fork_generation and chain.signer is signer:
+                if chain.generation == _fork.generation and chain.signer is signer:
                     return chain
         with self._db.connect() as connection, connection.begin():
             result = connection.execute(
@@ -221,7 +212,7 @@ class AuditLog:
         return _Chain(chain_id, signer)
 
     def _release(self, chain: _Chain) -> None:
-        if not chain.reusable or chain.generation != _fork_generation or chain.signer is not self._signer:
+        if not chain.reusable or chain.generation != _fork.generation or chain.signer is not self._signer:
             return
         with self._lock:
             if len(self._idle) < _MAX_IDLE_CHAINS:

@@ -11,61 +11,24 @@ prune would sign a real checkpoint over them and erase the evidence).
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from ._clock import format_time, now_micros
 from .audit_events import anchor_digest, checkpoint_message, event_digest, genesis_digest
 from .audit_keys import trusted_signing_keys, verify_signature
 from .audit_verify import ANCHOR_PREFIX, _event_from_row, _stream
 from .database import Database
-from .datakeys import now_micros
-from .errors import AuthenticationError, InvalidInputError
+from .errors import AuthenticationError
 from .schema import audit_anchors, audit_chains, audit_checkpoints, audit_events
 
 if TYPE_CHECKING:
     from .store import SecureStore
 
-__all__ = ["Anchor", "PruneReport", "format_time", "iter_events", "parse_time", "prune", "take_anchor"]
-
-_SPAN = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
-_SPAN_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_time(text: str, *, now: datetime | None = None) -> int:
-    """ISO 8601 (a time without zone is UTC) or a span back from now (``90s``, ``24h``,
-    ``7d``, ``2w``) -> microseconds since the epoch."""
-    now = now or datetime.now(UTC)
-    stripped = text.strip()
-    span = _SPAN.fullmatch(stripped)
-    if span is not None:
-        try:
-            moment = now - timedelta(seconds=float(span.group(1)) * _SPAN_SECONDS[span.group(2)])
-        except OverflowError:
-            raise InvalidInputError(f"{stripped!r} reaches back before the year 1") from None
-    else:
-        try:
-            moment = datetime.fromisoformat(stripped.replace("Z", "+00:00"))
-        except ValueError:
-            raise InvalidInputError(
-                f"{stripped!r} is not a time: use ISO 8601 (2026-01-31 or 2026-01-31T12:00:00Z) "
-                "or a span such as 90s, 30m, 24h, 7d, 2w"
-            ) from None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1_000_000)
-
-
-def format_time(micros: int | None) -> str | None:
-    """ISO 8601 in UTC with microseconds, or ``None``."""
-    if micros is None:
-        return None
-    moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=int(micros))
-    return moment.isoformat().replace("+00:00", "Z")
+__all__ = ["Anchor", "PruneReport", "iter_events", "prune", "take_anchor"]
 
 
 def _text(name: Any) -> str | None:

@@ -13,11 +13,12 @@ import operator
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from ._clock import now_micros
 from .audit import Appender
 from .categories import CATEGORY_CODES, Category, parse_category
 from .credentials import find_credential
 from .database import UndecodableTextError
-from .datakeys import MissingDataKeyError, now_micros
+from .datakeys import MissingDataKeyError
 from .envelope import HEADER_BYTES, DataKey, open_record, row_in_domain, seal_records
 from .errors import AuthenticationError, InvalidInputError, InvalidTypeError, SecureKVError, StorageError
 from .statements import in_list_chunks

@@ -812,8 +812,7 @@ def list_command(workspace: str, limit: int | None, after: str | None, output_fo
         secure-kv list tenant-42:my-plugin --format json | jq -r '.[].key'
         secure-kv list tenant-42:my-plugin --limit 100 --after user_name
     """
-    from .datakeys import now_micros
-    from .inventory import iso_time
+    from ._clock import format_time, now_micros
 
     now = now_micros()
     entries = _commands().list_keys(workspace, current_settings(), after=after, limit=limit)
@@ -833,10 +832,10 @@ def list_command(workspace: str, limit: int | None, after: str | None, output_fo
             + "  key\n"
         )
         for entry in entries:
-            expires = iso_time(entry.expires_at) or "never"
+            expires = format_time(entry.expires_at) or "never"
             if entry.expired(now):
                 expires += " (expired)"
-            cells = (entry.category, iso_time(entry.created_at), iso_time(entry.updated_at), expires)
+            cells = (entry.category, format_time(entry.created_at), format_time(entry.updated_at), expires)
             fixed = "  ".join(
                 (cell or "").ljust(width) for cell, width in zip(cells, _LIST_WIDTHS[:4], strict=True)
             )
@@ -986,7 +985,7 @@ def audit_log(workspace: str | None, since: str | None, fmt: str) -> None:
 
         secure-kv audit log --since 24h --format json
     """
-    from .audit_admin import parse_time
+    from ._clock import parse_time
 
     start = parse_time(since) if since is not None else None
     out = sys.stdout
@@ -1035,7 +1034,7 @@ def audit_prune(before: str) -> None:
 
         secure-kv audit prune --before 400d
     """
-    from .audit_admin import parse_time
+    from ._clock import parse_time
 
     report = _commands().audit_prune(parse_time(before), settings=current_settings())
     click.echo(f"removed {plural(report.removed, 'event')} from {plural(report.chains, 'chain')}", err=True)

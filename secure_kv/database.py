@@ -42,6 +42,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.engine.interfaces import DBAPIConnection
 
+from . import _fork
 from .errors import ConfigurationError, StorageError
 from .settings import Settings
 
@@ -99,17 +100,6 @@ _BEGIN = {
     "mysql": ("START TRANSACTION", "START TRANSACTION WITH CONSISTENT SNAPSHOT"),
 }
 
-_fork_generation = 0
-
-
-def _after_fork_in_child() -> None:
-    global _fork_generation
-    _fork_generation += 1
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
 
 class _Pooled:
     """A hot-path connection, its reusable cursor, and when it must be replaced."""
@@ -120,7 +110,7 @@ class _Pooled:
         self.connection = connection
         self.cursor = connection.cursor()
         self.retire_at = retire_at
-        self.generation = _fork_generation
+        self.generation = _fork.generation
 
 
 def safe_url(url: URL | str) -> str:
@@ -249,7 +239,7 @@ class Database:
         self._returned = threading.Condition(self._lock)
         self._waiting = 0
         self._closed = False
-        self._generation = _fork_generation
+        self._generation = _fork.generation
         self._inherited: list[object] = []  # a parent's connections, in a forked child
 
     def _install_events(self, settings: Settings) -> None:
@@ -296,7 +286,7 @@ class Database:
     # --- the hot path's connections ----------------------------------------------------
 
     def _checkout(self) -> _Pooled:
-        if self._generation != _fork_generation:
+        if self._generation != _fork.generation:
             self._after_fork()
         while True:
             try:
@@ -350,7 +340,7 @@ class Database:
             raise
 
     def _checkin(self, pooled: _Pooled) -> None:
-        if pooled.generation != _fork_generation:
+        if pooled.generation != _fork.generation:
             self._inherited.append(pooled)  # checked out before a fork: see _after_fork
             return
         if self._closed:
@@ -389,7 +379,7 @@ class Database:
         # one (even by garbage collection) would end the parent's session on the server or
         # drop its SQLite locks. Keep them referenced, unused, for the child's lifetime.
         with _FORK_LOCK:
-            if self._generation == _fork_generation:
+            if self._generation == _fork.generation:
                 return
             self._lock = threading.Lock()
             self._returned = threading.Condition(self._lock)
@@ -402,7 +392,7 @@ class Database:
             # forbids that in a child (it may checkpoint or remove the parent's WAL).
             self._inherited.append(self.engine.pool)
             self.engine.dispose(close=False)
-            self._generation = _fork_generation
+            self._generation = _fork.generation
 
     def _end_failed(self, pooled: _Pooled) -> None:
         try:
@@ -559,8 +549,7 @@ def _reset_fork_lock() -> None:
     _FORK_LOCK = threading.Lock()  # another thread may have held it at the fork
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_fork_lock)
+_fork.in_child_after_fork(_reset_fork_lock)
 
 
 def _scalar(connection: DBAPIConnection, sql: str) -> Any:

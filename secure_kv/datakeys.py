@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from ._clock import now_micros
 from .database import Database, UndecodableTextError
 from .envelope import DataKey, new_data_key_bytes, unwrap_data_key, wrap_data_key
 from .errors import AuthenticationError, MasterKeyError, StorageError
@@ -38,13 +39,9 @@ from .statements import Statements
 if TYPE_CHECKING:
     from .audit import AuditLog
 
-__all__ = ["DataKeys", "MissingDataKeyError", "check_master_key", "now_micros"]
+__all__ = ["DataKeys", "MissingDataKeyError", "check_master_key"]
 
 _MAX_CREATE_ATTEMPTS = 8
-
-
-def now_micros() -> int:
-    return time.time_ns() // 1000
 
 
 class MissingDataKeyError(AuthenticationError):

@@ -52,6 +52,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
+from . import _fork
 from .errors import AuthenticationError, UnsupportedVersionError
 from .keys.base import MasterKey
 from .validation import Buffer
@@ -111,18 +112,8 @@ _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 
 
-_fork_generation = 0
-
-
-def _after_fork_in_child() -> None:
-    # A forked child must not keep encrypting with its parent's subkey: both would draw
-    # nonces for the same key without sharing a count.
-    global _fork_generation
-    _fork_generation += 1
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+# A forked child must not keep encrypting with its parent's subkey (_fork.generation):
+# both would draw nonces for the same key without sharing a count.
 
 
 def _subkey(dek: bytes, salt: bytes) -> AESGCM:
@@ -155,14 +146,14 @@ class DataKey:
     def writer(self) -> tuple[bytes, AESGCM]:
         """The (salt, subkey) to encrypt with now; a new one after the write budget or a fork."""
         writer = self._writer
-        if writer is not None and writer[3] == _fork_generation and next(writer[2]) < SUBKEY_MAX_WRITES:
+        if writer is not None and writer[3] == _fork.generation and next(writer[2]) < SUBKEY_MAX_WRITES:
             return writer[0], writer[1]
         with self._lock:
             writer = self._writer
-            if writer is None or writer[3] != _fork_generation or next(writer[2]) >= SUBKEY_MAX_WRITES:
+            if writer is None or writer[3] != _fork.generation or next(writer[2]) >= SUBKEY_MAX_WRITES:
                 salt = os.urandom(SALT_BYTES)
                 aead = _subkey(self._dek, salt)
-                writer = (salt, aead, itertools.count(1), _fork_generation)
+                writer = (salt, aead, itertools.count(1), _fork.generation)
                 self._writer = writer
                 self._remember_reader(salt, aead)
             return writer[0], writer[1]

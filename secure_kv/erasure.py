@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
+from ._clock import now_micros
 from .database import SQLITE_BUSY_TIMEOUT_SECONDS
-from .datakeys import now_micros
 from .errors import InvalidInputError, StorageError
 from .progress import NO_PROGRESS, Progress
 from .retirement import lock_data_keys, retire_when_unreferenced, try_transaction

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from functools import lru_cache
 
 import sqlalchemy as sa
 
+from ._clock import format_time, now_micros
 from .database import Database, safe_url
-from .datakeys import now_micros
 from .errors import InvalidInputError
 from .migrate import current_revision
 from .schema import audit_events, data_keys, records, workspaces
@@ -26,7 +24,6 @@ __all__ = [
     "StoreStatus",
     "WorkspaceStatus",
     "check_workspace_exists",
-    "iso_time",
     "iter_keys",
     "store_status",
     "workspaces_mid_rotation",
@@ -35,23 +32,6 @@ __all__ = [
 _d, _r, _w, _e = data_keys.c, records.c, workspaces.c, audit_events.c
 _MICROS_PER_DAY = 86_400 * 1_000_000
 _LIST_BATCH = 1000
-
-
-@lru_cache(maxsize=4096)
-def _second(seconds: int) -> str:
-    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
-
-
-def iso_time(micros: int | None) -> str | None:
-    """Microseconds since the epoch as ISO 8601 UTC (``2026-11-25T10:00:00.000001Z``).
-
-    Records written in the same second share the formatted prefix (cached): ``list`` of a
-    large workspace formats three times per row.
-    """
-    if micros is None:
-        return None
-    seconds, fraction = divmod(micros, 1_000_000)
-    return f"{_second(seconds)}.{fraction:06d}Z"
 
 
 @dataclass(frozen=True)
@@ -181,7 +161,7 @@ class StoreStatus:
                         {
                             "version": key.version,
                             "kek_id": key.kek_id,
-                            "created_at": iso_time(key.created_at),
+                            "created_at": format_time(key.created_at),
                             "records": key.records,
                             "destroyed": key.destroyed,
                         }
@@ -328,9 +308,9 @@ class KeyInfo:
         return {
             "key": self.key,
             "category": self.category,
-            "created_at": iso_time(self.created_at),
-            "updated_at": iso_time(self.updated_at),
-            "expires_at": iso_time(self.expires_at),
+            "created_at": format_time(self.created_at),
+            "updated_at": format_time(self.updated_at),
+            "expires_at": format_time(self.expires_at),
             "expired": self.expired(now),
             "dek_version": self.dek_version,
             "sealed_bytes": self.size,

@@ -9,18 +9,16 @@ are read.
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 import sqlalchemy as sa
 
+from ._clock import format_time, now_micros
 from .audit_verify import _stream
 from .database import Database
-from .datakeys import now_micros
 from .envelope import ALGORITHM_NAMES
 from .schema import data_keys, records, workspaces
 
@@ -68,21 +66,6 @@ class ReportSummary:
             f"data keys older than {self.max_age_days:g} days: {self.data_keys_due} "
             f"({self.workspaces_due} workspaces' current keys are due for rotation)",
         ]
-
-
-@lru_cache(maxsize=4096)
-def _second(seconds: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-
-
-def _iso(micros: int | None) -> str | None:
-    """What ``audit_admin.format_time`` gives (ISO 8601 UTC, microseconds unless zero),
-    a few times faster: records written in the same second share the formatted prefix.
-    """
-    if micros is None:
-        return None
-    seconds, fraction = divmod(int(micros), 1_000_000)
-    return f"{_second(seconds)}.{fraction:06d}Z" if fraction else f"{_second(seconds)}Z"
 
 
 def iter_report(
@@ -167,13 +150,13 @@ def iter_report_rows(
             workspace_name,
             bytes(record_key).decode("utf-8", "replace"),
             category,
-            _iso(created_at),
-            _iso(updated_at),
-            _iso(expires_at),
+            format_time(created_at),
+            format_time(updated_at),
+            format_time(expires_at),
             expired,
             dek_version,
             current,
-            _iso(dek_created_at),
+            format_time(dek_created_at),
             kek_id,
             head[0] if head else None,
             ALGORITHM_NAMES.get(head[1], f"unknown-{head[1]}") if len(head) > 1 else None,

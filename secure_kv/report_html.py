@@ -30,10 +30,9 @@ from typing import Any, TextIO
 
 import sqlalchemy as sa
 
-from .audit_admin import format_time
+from ._clock import format_time, now_micros
 from .audit_verify import verify
 from .database import Database
-from .datakeys import now_micros
 from .display import shown, shown_message
 from .errors import ConfigurationError
 from .report import REPORT_FIELDS, ReportSummary

@@ -33,9 +33,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from ._clock import now_micros
 from .audit_keys import replace_signing_keys
 from .categories import CATEGORY_CODES
-from .datakeys import MissingDataKeyError, now_micros
+from .datakeys import MissingDataKeyError
 from .envelope import HEADER_BYTES, DataKey, record_contexts, reseal_value, rewrap_data_key, row_in_domain
 from .errors import (
     AuthenticationError,

@@ -14,11 +14,12 @@ from types import TracebackType
 from typing import Any
 
 from . import batches
+from ._clock import now_micros
 from .audit import AuditLog, refused
 from .categories import CATEGORY_CODES, Category, parse_category
 from .credentials import apply_credential_policy
 from .database import Database, UndecodableTextError, safe_url
-from .datakeys import DataKeys, MissingDataKeyError, check_master_key, now_micros
+from .datakeys import DataKeys, MissingDataKeyError, check_master_key
 from .envelope import (
     HEADER_BYTES,
     context_prefix,

@@ -110,9 +110,9 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from .._clock import now_micros
 from ..categories import CATEGORIES_BY_CODE, CATEGORY_CODES, Category, parse_category
 from ..credentials import apply_credential_policy
-from ..datakeys import now_micros
 from ..envelope import (
     NO_EXPIRY,
     SEAL_OVERHEAD,

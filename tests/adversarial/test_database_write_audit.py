@@ -26,7 +26,8 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from secure_kv import Category, SecureStore
-from secure_kv.audit_admin import parse_time, prune, take_anchor
+from secure_kv._clock import parse_time
+from secure_kv.audit_admin import prune, take_anchor
 from secure_kv.audit_events import Event, event_digest, genesis_digest
 from secure_kv.audit_verify import VerifyReport, verify
 from secure_kv.cli import main
