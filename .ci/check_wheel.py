@@ -30,9 +30,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 MUST_SHIP = (
     "secure_kv/py.typed",
-    "secure_kv/migrations/env.py",
-    "secure_kv/migrations/script.py.mako",
-    "secure_kv/migrations/versions/0001_initial.py",
+    "secure_kv/sql/migrations/env.py",
+    "secure_kv/sql/migrations/script.py.mako",
+    "secure_kv/sql/migrations/versions/0001_initial.py",
     "secure_kv/templates/report.html.j2",
 )
 # Makes a database at revision 0001 with the migrations of the *installed* package.
@@ -45,7 +45,7 @@ from alembic.config import Config
 import secure_kv
 assert "site-packages" in secure_kv.__file__, secure_kv.__file__
 config = Config()
-config.set_main_option("script_location", str(resources.files("secure_kv") / "migrations"))
+config.set_main_option("script_location", str(resources.files("secure_kv.sql") / "migrations"))
 engine = sa.create_engine(sys.argv[1])
 with engine.begin() as connection:
     config.attributes["connection"] = connection

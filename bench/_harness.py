@@ -219,7 +219,7 @@ class PostgresSchemas(Database):
         self.admin.dispose()
 
 
-# secure_kv's memory map of an SQLite file (secure_kv.database.SQLITE_MMAP_BYTES).
+# secure_kv's memory map of an SQLite file (secure_kv.sql.database.SQLITE_MMAP_BYTES).
 SQLITE_MMAP_BYTES = 256 * 1024 * 1024
 
 

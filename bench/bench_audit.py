@@ -57,13 +57,13 @@ import sqlalchemy as sa  # noqa: E402
 
 from bench._harness import interleave, key_task, key_value_task, quartiles  # noqa: E402
 from secure_kv import Category, SecureStore  # noqa: E402
-from secure_kv.audit_events import event_digest  # noqa: E402
-from secure_kv.audit_keys import SigningKey  # noqa: E402
+from secure_kv.audit.events import event_digest  # noqa: E402
+from secure_kv.audit.signing_keys import SigningKey  # noqa: E402
 from secure_kv.commands import audit_report, audit_verify  # noqa: E402
 from secure_kv.envelope import HEADER_BYTES  # noqa: E402
 from secure_kv.keys import StaticMasterKey  # noqa: E402
-from secure_kv.schema import audit_chains  # noqa: E402
 from secure_kv.settings import load_settings  # noqa: E402
+from secure_kv.sql.schema import audit_chains  # noqa: E402
 
 KEYS = 1000
 

@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._harness import interleave, quartiles
 from secure_kv import SecureStore
+from secure_kv.admin.rotation import rotate_master
 from secure_kv.keys import (
     AwsKmsMasterKey,
     EnvMasterKey,
@@ -59,7 +60,6 @@ from secure_kv.keys import (
     WithPreviousKeys,
 )
 from secure_kv.keys.base import generate_master_key
-from secure_kv.rotation import rotate_master
 from tests.keys.services import MotoServer, SecretService, create_softhsm, moto_environ
 
 PROVIDERS = ("env", "file", "keyring", "pkcs11", "aws-kms")

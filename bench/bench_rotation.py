@@ -73,8 +73,8 @@ from bench._harness import (  # noqa: E402
 )
 from bench._harness import SQLiteFiles as SqliteBackend  # noqa: E402
 from secure_kv import SecureStore  # noqa: E402
+from secure_kv.admin.rotation import rotate_master, rotate_workspace  # noqa: E402
 from secure_kv.keys import StaticMasterKey  # noqa: E402
-from secure_kv.rotation import rotate_master, rotate_workspace  # noqa: E402
 from tests.bulk import fill_workspace  # noqa: E402
 
 DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"

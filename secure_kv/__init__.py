@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .categories import Category
+from secure_kv.categories import Category
 
 if TYPE_CHECKING:
-    from .store import SecureStore, Workspace
+    from secure_kv.store import SecureStore, Workspace
 
 __all__ = ["Category", "SecureStore", "Workspace", "__version__"]
 
@@ -24,7 +24,7 @@ def __getattr__(name: str) -> Any:
     ``secure-kv`` command starts without SQLAlchemy when it does not need it (``--help``).
     """
     if name in ("SecureStore", "Workspace"):
-        from . import store
+        from secure_kv import store
 
         return getattr(store, name)
     raise AttributeError(f"module 'secure_kv' has no attribute {name!r}")

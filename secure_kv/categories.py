@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from .errors import InvalidInputError, InvalidTypeError
+from secure_kv.errors import InvalidInputError, InvalidTypeError
 
 __all__ = ["Category", "parse_category"]
 

@@ -38,9 +38,9 @@ import math
 import re
 from collections import Counter
 
-from .categories import Category
-from .errors import InvalidInputError
-from .settings import CredentialPolicy
+from secure_kv.categories import Category
+from secure_kv.errors import InvalidInputError
+from secure_kv.settings import CredentialPolicy
 
 __all__ = ["MAX_SCAN_BYTES", "MIN_SCAN_BYTES", "RULES", "apply_credential_policy", "find_credential"]
 

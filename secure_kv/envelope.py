@@ -52,10 +52,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
-from . import _fork
-from .errors import AuthenticationError, UnsupportedVersionError
-from .keys.base import MasterKey
-from .validation import Buffer
+from secure_kv import _fork
+from secure_kv.errors import AuthenticationError, UnsupportedVersionError
+from secure_kv.keys.base import MasterKey
+from secure_kv.validation import Buffer
 
 __all__ = [
     "FORMAT_VERSION",

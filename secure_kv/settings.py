@@ -19,8 +19,8 @@ from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_va
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
-from .env_keys import CURRENT_VARIABLE, environment_keys
-from .errors import ConfigurationError
+from secure_kv._env_keys import CURRENT_VARIABLE, environment_keys
+from secure_kv.errors import ConfigurationError
 
 __all__ = ["CredentialPolicy", "Settings", "default_database_url", "load_settings"]
 

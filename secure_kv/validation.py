@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from datetime import timedelta
 
-from .errors import InvalidInputError, InvalidTypeError
+from secure_kv.errors import InvalidInputError, InvalidTypeError
 
 __all__ = ["MAX_KEY_BYTES", "check_key", "check_ttl", "check_value", "check_workspace_name"]
 

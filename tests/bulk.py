@@ -16,10 +16,10 @@ from collections.abc import Callable
 import sqlalchemy as sa
 
 from secure_kv.categories import CATEGORY_CODES, Category, parse_category
-from secure_kv.datakeys import now_micros
 from secure_kv.envelope import record_context, seal_value
-from secure_kv.schema import records
+from secure_kv.sql.schema import records
 from secure_kv.store import SecureStore
+from secure_kv.store.datakeys import now_micros
 from secure_kv.validation import check_key, check_workspace_name
 
 __all__ = ["default_value", "fill_workspace", "record_name"]

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from secure_kv import SecureStore
 from secure_kv.keys import StaticMasterKey
-from secure_kv.schema import data_keys, records, workspaces
+from secure_kv.sql.schema import data_keys, records, workspaces
 
 
 def new_key() -> tuple[str, StaticMasterKey]:

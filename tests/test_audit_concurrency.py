@@ -11,7 +11,7 @@ import textwrap
 import sqlalchemy as sa
 
 from secure_kv import Category, SecureStore
-from secure_kv.audit_verify import verify
+from secure_kv.audit.verify import verify
 from secure_kv.keys import StaticMasterKey
 from secure_kv.keys.base import format_master_key
 

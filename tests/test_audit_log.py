@@ -10,11 +10,11 @@ import pytest
 import sqlalchemy as sa
 
 from secure_kv import Category, SecureStore
-from secure_kv.audit_keys import load_signing_key, replace_signing_keys, trusted_signing_keys
-from secure_kv.audit_verify import verify
+from secure_kv.admin.rotation import rotate_master
+from secure_kv.audit.signing_keys import load_signing_key, replace_signing_keys, trusted_signing_keys
+from secure_kv.audit.verify import verify
 from secure_kv.errors import AuthenticationError, StorageError
 from secure_kv.keys import StaticMasterKey
-from secure_kv.rotation import rotate_master
 
 
 def events(url: str) -> list[dict[str, Any]]:
@@ -239,7 +239,8 @@ def test_rotate_master_run_again_takes_in_events_a_process_signed_with_the_old_k
 def test_a_running_store_moves_to_the_new_signing_key_after_rotate_master(
     memory_keyring: object, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from secure_kv import audit, commands
+    from secure_kv import commands
+    from secure_kv.audit import log as audit
     from secure_kv.keys import KeyringMasterKey
     from secure_kv.keys.base import _ReloadingProvider
     from secure_kv.settings import load_settings

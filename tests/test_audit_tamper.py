@@ -11,11 +11,11 @@ import pytest
 import sqlalchemy as sa
 
 from secure_kv import Category, SecureStore
-from secure_kv.audit_admin import prune, take_anchor
-from secure_kv.audit_events import Event, event_digest
-from secure_kv.audit_verify import VerifyReport, verify
-from secure_kv.datakeys import now_micros
+from secure_kv.audit.events import Event, event_digest
+from secure_kv.audit.maintenance import prune, take_anchor
+from secure_kv.audit.verify import VerifyReport, verify
 from secure_kv.keys import StaticMasterKey
+from secure_kv.store.datakeys import now_micros
 
 
 class Log:

@@ -11,7 +11,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from secure_kv.audit_events import (
+from secure_kv.audit.events import (
     Event,
     anchor_digest,
     checkpoint_message,
@@ -19,7 +19,7 @@ from secure_kv.audit_events import (
     genesis_digest,
     retired_chains_digest,
 )
-from secure_kv.audit_keys import _kek_tag
+from secure_kv.audit.signing_keys import _kek_tag
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "audit_v1.json").read_text(encoding="utf-8"))
 

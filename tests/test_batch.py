@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from secure_kv import Category, SecureStore
 from secure_kv.errors import AuthenticationError, InvalidInputError, InvalidTypeError
 from secure_kv.keys import StaticMasterKey
-from secure_kv.statements import IN_LIST_MAX, Statement
+from secure_kv.sql.statements import IN_LIST_MAX, Statement
 
 
 @pytest.fixture
@@ -218,7 +218,7 @@ def test_set_many_writes_all_or_nothing_when_the_database_fails_midway(
 ) -> None:
     ws = store.workspace("tenant")
     ws.set("existing", b"before")
-    monkeypatch.setattr("secure_kv.batches._WRITE_CHUNK", 10)
+    monkeypatch.setattr("secure_kv.store.batches._WRITE_CHUNK", 10)
     original = Statement.run_many
     calls = 0
 

@@ -18,10 +18,10 @@ import pytest
 import sqlalchemy as sa
 
 from secure_kv import SecureStore
-from secure_kv.erasure import purge
+from secure_kv.admin.erasure import purge
+from secure_kv.admin.rotation import rotate_workspace
 from secure_kv.errors import StorageError
 from secure_kv.keys import StaticMasterKey
-from secure_kv.rotation import rotate_workspace
 
 from .conftest import MYSQL_MAX_ALLOWED_PACKET, make_database_url
 from .tcp_proxy import TcpProxy

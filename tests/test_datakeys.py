@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from secure_kv.datakeys import _BoundedCache
+from secure_kv.store.datakeys import _BoundedCache
 
 
 def test_entries_expire_after_max_age() -> None:

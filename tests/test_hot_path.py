@@ -11,8 +11,8 @@ import pytest
 import sqlalchemy as sa
 
 from secure_kv import SecureStore
-from secure_kv.database import Database, _Pooled
 from secure_kv.errors import StorageError
+from secure_kv.sql.database import Database, _Pooled
 
 
 def _session_id(database: Database, pooled: _Pooled) -> Any:
@@ -87,7 +87,7 @@ def test_idle_connections_are_reused_one_per_concurrent_call(store: SecureStore)
 def test_a_call_waits_for_a_busy_connection_when_the_pool_is_full(
     store: SecureStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("secure_kv.database.HOT_POOL_SIZE", 1)
+    monkeypatch.setattr("secure_kv.sql.database.HOT_POOL_SIZE", 1)
     ws = store.workspace("w")
     ws.set("k", b"v")
     database = store._db
@@ -106,8 +106,8 @@ def test_a_call_waits_for_a_busy_connection_when_the_pool_is_full(
 def test_a_call_gives_up_when_the_pool_stays_busy(
     store: SecureStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("secure_kv.database.HOT_POOL_SIZE", 1)
-    monkeypatch.setattr("secure_kv.database.POOL_TIMEOUT_SECONDS", 0.2)
+    monkeypatch.setattr("secure_kv.sql.database.HOT_POOL_SIZE", 1)
+    monkeypatch.setattr("secure_kv.sql.database.POOL_TIMEOUT_SECONDS", 0.2)
     ws = store.workspace("w")
     ws.set("k", b"v")
     busy = store._db._checkout()
@@ -118,7 +118,7 @@ def test_a_call_gives_up_when_the_pool_stays_busy(
 
 
 def test_many_threads_share_a_bounded_pool(store: SecureStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("secure_kv.database.HOT_POOL_SIZE", 3)
+    monkeypatch.setattr("secure_kv.sql.database.HOT_POOL_SIZE", 3)
     errors: list[BaseException] = []
 
     def worker(n: int) -> None:

@@ -9,11 +9,11 @@ import pytest
 import sqlalchemy as sa
 
 from secure_kv import Category, SecureStore
-from secure_kv.erasure import purge, shred
+from secure_kv.admin.erasure import purge, shred
+from secure_kv.admin.rotation import rotate_workspace
 from secure_kv.errors import InvalidInputError, StorageError
 from secure_kv.keys import StaticMasterKey
-from secure_kv.rotation import rotate_workspace
-from secure_kv.schema import records
+from secure_kv.sql.schema import records
 
 from .bulk import default_value, fill_workspace, record_name
 from .dbstate import key_rows, last_version, record_versions
@@ -158,15 +158,15 @@ def test_purge_deletes_expired_entries_only_and_says_how_many(
     a.set("forever", b"2")
     b.set("cached", b"3", category=Category.CACHE)
     # Entries written an hour ago with a one-minute TTL have expired by now.
-    import secure_kv.store
+    import secure_kv.store.secure_store
 
-    real_now = secure_kv.store.now_micros
-    monkeypatch.setattr(secure_kv.store, "now_micros", lambda: real_now() - 3_600_000_000)
+    real_now = secure_kv.store.secure_store.now_micros
+    monkeypatch.setattr(secure_kv.store.secure_store, "now_micros", lambda: real_now() - 3_600_000_000)
     for index in range(5):
         a.set(f"old-{index}", b"x", ttl=60)
     for index in range(3):
         b.set(f"old-{index}", b"y", category=Category.CACHE, ttl=60)
-    monkeypatch.setattr(secure_kv.store, "now_micros", real_now)
+    monkeypatch.setattr(secure_kv.store.secure_store, "now_micros", real_now)
 
     report = purge(store, batch_size=2)
 
@@ -181,11 +181,11 @@ def test_purge_deletes_expired_entries_only_and_says_how_many(
 def test_purge_of_many_expired_entries_runs_in_batches(
     sqlite_store: SecureStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import secure_kv.store
+    import secure_kv.store.secure_store
 
     ws = sqlite_store.workspace("t")
-    real_now = secure_kv.store.now_micros
-    monkeypatch.setattr(secure_kv.store, "now_micros", lambda: real_now() - 3_600_000_000)
+    real_now = secure_kv.store.secure_store.now_micros
+    monkeypatch.setattr(secure_kv.store.secure_store, "now_micros", lambda: real_now() - 3_600_000_000)
     for index in range(250):
         ws.set(f"k{index}", b"v", ttl=1)
     monkeypatch.undo()

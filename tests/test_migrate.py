@@ -14,13 +14,13 @@ from alembic.migration import MigrationContext
 from secure_kv import Category, SecureStore
 from secure_kv.categories import CATEGORY_CODES
 from secure_kv.commands import init
-from secure_kv.database import Database
 from secure_kv.envelope import DataKey, record_context, seal_value, wrap_data_key
 from secure_kv.errors import StorageError, UnsupportedVersionError
 from secure_kv.keys import StaticMasterKey
-from secure_kv.migrate import _config, head_revision
-from secure_kv.schema import VERSION_TABLE, metadata
 from secure_kv.settings import load_settings
+from secure_kv.sql.database import Database
+from secure_kv.sql.migrate import _config, head_revision
+from secure_kv.sql.schema import VERSION_TABLE, metadata
 
 FIRST_REVISION = "0001"
 

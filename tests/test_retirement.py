@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from secure_kv.admin.retirement import retire_when_unreferenced
 from secure_kv.errors import StorageError
-from secure_kv.retirement import retire_when_unreferenced
 
 
 def test_it_sweeps_again_until_the_delete_succeeds() -> None:

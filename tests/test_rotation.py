@@ -15,11 +15,11 @@ import pytest
 import sqlalchemy as sa
 
 from secure_kv import Category, SecureStore
-from secure_kv.datakeys import MissingDataKeyError
+from secure_kv.admin.rotation import rotate_master, rotate_workspace, rotate_workspaces
 from secure_kv.errors import AuthenticationError, InvalidInputError, MasterKeyError
 from secure_kv.keys import StaticMasterKey
-from secure_kv.rotation import rotate_master, rotate_workspace, rotate_workspaces
-from secure_kv.schema import records
+from secure_kv.sql.schema import records
+from secure_kv.store.datakeys import MissingDataKeyError
 
 from .bulk import default_value, fill_workspace, record_name
 from .conftest import make_database_url
@@ -481,7 +481,7 @@ def test_a_large_value_rewritten_during_its_rotation_batch_is_not_called_tampere
     """PostgreSQL (read committed): a value too large to come with the batch is fetched on
     its own; if a writer replaced it meanwhile (new expiry, same old key version), the
     rotation must reseal what it fetched, not report tampering."""
-    from secure_kv import rotation
+    from secure_kv.admin import rotation
 
     key = StaticMasterKey(os.urandom(32))
     with (

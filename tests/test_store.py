@@ -185,7 +185,7 @@ def test_reprs_hold_no_secret(sqlite_url: str) -> None:
 
 
 def test_store_repr_masks_a_database_password() -> None:
-    from secure_kv.database import safe_url
+    from secure_kv.sql.database import safe_url
 
     assert "hunter2" not in safe_url("postgresql+psycopg://app:hunter2@db.example/kv")
     assert "***" in safe_url("postgresql+psycopg://app:hunter2@db.example/kv")

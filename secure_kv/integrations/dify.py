@@ -110,10 +110,10 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from .._clock import now_micros
-from ..categories import CATEGORIES_BY_CODE, CATEGORY_CODES, Category, parse_category
-from ..credentials import apply_credential_policy
-from ..envelope import (
+from secure_kv._clock import now_micros
+from secure_kv.categories import CATEGORIES_BY_CODE, CATEGORY_CODES, Category, parse_category
+from secure_kv.credentials import apply_credential_policy
+from secure_kv.envelope import (
     NO_EXPIRY,
     SEAL_OVERHEAD,
     DataKey,
@@ -125,7 +125,7 @@ from ..envelope import (
     record_context,
     seal_value,
 )
-from ..errors import (
+from secure_kv.errors import (
     AuthenticationError,
     ConfigurationError,
     InvalidInputError,
@@ -135,12 +135,12 @@ from ..errors import (
     StorageError,
     UnsupportedVersionError,
 )
-from ..keys import MasterKey, MasterKeyProvider, StaticMasterKey, provider_from_settings
-from ..settings import CredentialPolicy, Settings, load_settings
-from ..validation import Buffer, check_key, check_ttl, check_value, check_workspace_name
+from secure_kv.keys import MasterKey, MasterKeyProvider, StaticMasterKey, provider_from_settings
+from secure_kv.settings import CredentialPolicy, Settings, load_settings
+from secure_kv.validation import Buffer, check_key, check_ttl, check_value, check_workspace_name
 
 if TYPE_CHECKING:
-    from ..store import Workspace
+    from secure_kv.store import Workspace
 
 __all__ = [
     "CURRENT_DATA_KEY",

@@ -15,22 +15,22 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .base import MasterKey, MasterKeyProvider, RawMasterKey, generate_master_key
-from .env import EnvMasterKey
-from .file import FileMasterKey
-from .keyring import KeyringMasterKey
-from .registry import (
+from secure_kv.keys.base import MasterKey, MasterKeyProvider, RawMasterKey, generate_master_key
+from secure_kv.keys.env import EnvMasterKey
+from secure_kv.keys.file import FileMasterKey
+from secure_kv.keys.keyring import KeyringMasterKey
+from secure_kv.keys.registry import (
     ENTRY_POINT_GROUP,
     WithPreviousKeys,
     available_providers,
     load_provider,
     provider_from_settings,
 )
-from .static import StaticMasterKey
+from secure_kv.keys.static import StaticMasterKey
 
 if TYPE_CHECKING:
-    from .aws_kms import AwsKmsMasterKey
-    from .pkcs11 import Pkcs11MasterKey
+    from secure_kv.keys.aws_kms import AwsKmsMasterKey
+    from secure_kv.keys.pkcs11 import Pkcs11MasterKey
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -53,11 +53,11 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "Pkcs11MasterKey":
-        from .pkcs11 import Pkcs11MasterKey
+        from secure_kv.keys.pkcs11 import Pkcs11MasterKey
 
         return Pkcs11MasterKey
     if name == "AwsKmsMasterKey":
-        from .aws_kms import AwsKmsMasterKey
+        from secure_kv.keys.aws_kms import AwsKmsMasterKey
 
         return AwsKmsMasterKey
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

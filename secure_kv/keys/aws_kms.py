@@ -28,11 +28,11 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..errors import AuthenticationError, ConfigurationError, MasterKeyError, UnsupportedVersionError
-from .base import MasterKey, MasterKeyProvider
+from secure_kv.errors import AuthenticationError, ConfigurationError, MasterKeyError, UnsupportedVersionError
+from secure_kv.keys.base import MasterKey, MasterKeyProvider
 
 if TYPE_CHECKING:
-    from ..settings import Settings
+    from secure_kv.settings import Settings
 
 __all__ = ["AwsKmsMasterKey"]
 

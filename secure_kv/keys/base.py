@@ -26,10 +26,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
-from ..errors import AuthenticationError, ConfigurationError, MasterKeyError, UnsupportedVersionError
+from secure_kv.errors import AuthenticationError, ConfigurationError, MasterKeyError, UnsupportedVersionError
 
 if TYPE_CHECKING:
-    from ..settings import Settings
+    from secure_kv.settings import Settings
 
 __all__ = [
     "MASTER_KEY_BYTES",

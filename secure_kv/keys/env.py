@@ -12,18 +12,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from ..env_keys import (
+from secure_kv._env_keys import (
     CURRENT_VARIABLE,
     PREVIOUS_VARIABLE,
     environment_keys,
     forget_environment_keys,
     take_from_environment,
 )
-from ..errors import MasterKeyError
-from .base import RawMasterKey, _RawKeyProvider, parse_master_key
+from secure_kv.errors import MasterKeyError
+from secure_kv.keys.base import RawMasterKey, _RawKeyProvider, parse_master_key
 
 if TYPE_CHECKING:
-    from ..settings import Settings
+    from secure_kv.settings import Settings
 
 __all__ = ["EnvMasterKey", "forget_environment_keys"]
 

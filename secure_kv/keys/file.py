@@ -9,11 +9,11 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import ConfigurationError, MasterKeyError
-from .base import MasterKey, RawMasterKey, _RawKeyProvider, _ReloadingProvider, parse_master_key
+from secure_kv.errors import ConfigurationError, MasterKeyError
+from secure_kv.keys.base import MasterKey, RawMasterKey, _RawKeyProvider, _ReloadingProvider, parse_master_key
 
 if TYPE_CHECKING:
-    from ..settings import Settings
+    from secure_kv.settings import Settings
 
 __all__ = ["FileMasterKey"]
 

@@ -24,11 +24,17 @@ import keyring
 import keyring.errors
 from keyring.backends.chainer import ChainerBackend
 
-from ..errors import MasterKeyError
-from .base import MasterKey, RawMasterKey, _ReloadingProvider, generate_master_key, parse_master_key
+from secure_kv.errors import MasterKeyError
+from secure_kv.keys.base import (
+    MasterKey,
+    RawMasterKey,
+    _ReloadingProvider,
+    generate_master_key,
+    parse_master_key,
+)
 
 if TYPE_CHECKING:
-    from ..settings import Settings
+    from secure_kv.settings import Settings
 
 __all__ = ["INSECURE_BACKENDS", "MIN_PRIORITY", "KeyringMasterKey"]
 

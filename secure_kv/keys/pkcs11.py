@@ -25,11 +25,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..errors import AuthenticationError, ConfigurationError, MasterKeyError, UnsupportedVersionError
-from .base import MasterKey, MasterKeyProvider
+from secure_kv.errors import AuthenticationError, ConfigurationError, MasterKeyError, UnsupportedVersionError
+from secure_kv.keys.base import MasterKey, MasterKeyProvider
 
 if TYPE_CHECKING:
-    from ..settings import Settings
+    from secure_kv.settings import Settings
 
 __all__ = ["Pkcs11MasterKey"]
 

@@ -19,9 +19,9 @@ from collections.abc import Sequence
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
-from ..errors import ConfigurationError, MasterKeyError, SecureKVError
-from ..settings import Settings
-from .base import MasterKey, MasterKeyProvider, RawMasterKey, parse_master_key
+from secure_kv.errors import ConfigurationError, MasterKeyError, SecureKVError
+from secure_kv.keys.base import MasterKey, MasterKeyProvider, RawMasterKey, parse_master_key
+from secure_kv.settings import Settings
 
 __all__ = [
     "ENTRY_POINT_GROUP",

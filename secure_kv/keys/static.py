@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .base import RawMasterKey, _RawKeyProvider
+from secure_kv.keys.base import RawMasterKey, _RawKeyProvider
 
 __all__ = ["StaticMasterKey"]
 

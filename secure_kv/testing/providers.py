@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from ..errors import AuthenticationError
-from ..keys.base import MasterKeyProvider
+from secure_kv.errors import AuthenticationError
+from secure_kv.keys.base import MasterKeyProvider
 
 __all__ = ["MasterKeyProviderContract"]
 
@@ -91,7 +91,7 @@ class MasterKeyProviderContract:
         assert provider.current_key().kek_id in repr(provider)
 
     def test_a_store_round_trips_with_this_provider(self, tmp_path: Path) -> None:
-        from ..store import SecureStore
+        from secure_kv.store import SecureStore
 
         url = f"sqlite:///{tmp_path / 'contract.db'}"
         with SecureStore.open(url, master_key=self.make_provider()) as store:

@@ -33,8 +33,8 @@ from typing import Any, Protocol
 
 import pytest
 
-from ..categories import Category
-from ..errors import ConfigurationError, InvalidInputError, InvalidTypeError
+from secure_kv.categories import Category
+from secure_kv.errors import ConfigurationError, InvalidInputError, InvalidTypeError
 
 __all__ = ["ContractClock", "PluginStorageContract", "StorageFactory"]
 

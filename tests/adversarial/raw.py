@@ -10,7 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from secure_kv.audit_verify import VerifyReport, verify
+from secure_kv.audit.verify import VerifyReport, verify
 from secure_kv.keys.base import MasterKeyProvider
 from secure_kv.store import SecureStore
 

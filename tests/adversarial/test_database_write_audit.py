@@ -27,14 +27,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from secure_kv import Category, SecureStore
 from secure_kv._clock import parse_time
-from secure_kv.audit_admin import prune, take_anchor
-from secure_kv.audit_events import Event, event_digest, genesis_digest
-from secure_kv.audit_verify import VerifyReport, verify
+from secure_kv.admin.rotation import rotate_master, rotate_workspace
+from secure_kv.audit.events import Event, event_digest, genesis_digest
+from secure_kv.audit.maintenance import prune, take_anchor
+from secure_kv.audit.verify import VerifyReport, verify
 from secure_kv.cli import main
 from secure_kv.commands import audit_prune, audit_verify
 from secure_kv.errors import AuthenticationError
 from secure_kv.keys import StaticMasterKey
-from secure_kv.rotation import rotate_master, rotate_workspace
 from secure_kv.settings import load_settings
 
 SEED_LABEL = b"secure_kv/v1/audit-signing-key"  # docs/compliance.md: a wrapped signing key's AD

@@ -19,12 +19,12 @@ import pytest
 import sqlalchemy as sa
 
 from secure_kv import Category, SecureStore
+from secure_kv.admin.erasure import purge
+from secure_kv.admin.rotation import rotate_master, rotate_workspace
 from secure_kv.envelope import DataKey, data_key_associated_data, open_value, parse_header, record_context
-from secure_kv.erasure import purge
 from secure_kv.errors import AuthenticationError
 from secure_kv.keys import StaticMasterKey
 from secure_kv.keys.base import RawMasterKey
-from secure_kv.rotation import rotate_master, rotate_workspace
 
 from .raw import RawDatabase, verify_store
 

@@ -23,7 +23,8 @@ from typing import Any
 
 import pytest
 
-from secure_kv import Category, SecureStore, erasure, rotation
+from secure_kv import Category, SecureStore
+from secure_kv.admin import erasure, rotation
 from secure_kv.envelope import unwrap_data_key
 from secure_kv.keys import StaticMasterKey
 

@@ -25,10 +25,11 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
-from secure_kv import Category, SecureStore, erasure, rotation
-from secure_kv import datakeys as datakeys_module
+from secure_kv import Category, SecureStore
+from secure_kv.admin import erasure, rotation
 from secure_kv.errors import InvalidInputError
 from secure_kv.keys import StaticMasterKey
+from secure_kv.store import datakeys as datakeys_module
 
 WORKSPACES = ("tenant-a:plugin", "tenant-b:plugin")
 KEYS = ("openai", "pref", "cache-1", "ké y/ü", "x" * 40)

@@ -25,16 +25,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from secure_kv import Category, SecureStore
-from secure_kv.audit_admin import take_anchor
-from secure_kv.audit_events import anchor_digest
-from secure_kv.audit_keys import (
+from secure_kv.audit.events import anchor_digest
+from secure_kv.audit.maintenance import take_anchor
+from secure_kv.audit.signing_keys import (
     _associated_data,
     _Retired,
     _retired_associated_data,
     _unwrap,
     verify_signature,
 )
-from secure_kv.audit_verify import VerifyReport, _check_anchor, parse_anchor
+from secure_kv.audit.verify import VerifyReport, _check_anchor, parse_anchor
 from secure_kv.envelope import (
     DataKey,
     context_prefix,
@@ -52,7 +52,7 @@ from secure_kv.errors import AuthenticationError, InvalidInputError, MasterKeyEr
 from secure_kv.integrations import dify
 from secure_kv.keys import StaticMasterKey
 from secure_kv.keys.base import parse_master_key
-from secure_kv.schema import audit_anchors
+from secure_kv.sql.schema import audit_anchors
 
 MASTER = StaticMasterKey(os.urandom(32))
 KEK = MASTER.current_key()

@@ -1,6 +1,6 @@
 """Attacker: write access to the database. The tamper matrix, generated from the schema.
 
-For every column of every table in ``secure_kv.schema.metadata`` (so a new column is
+For every column of every table in ``secure_kv.sql.schema.metadata`` (so a new column is
 covered without anyone remembering), on each database: flip a bit, truncate, set NULL, set
 a value of another type or out of range, and copy the cell from another row, workspace,
 category, data-key version and store (a second database under the same master key); and
@@ -31,11 +31,11 @@ import pytest
 import sqlalchemy as sa
 
 from secure_kv import Category, SecureStore
-from secure_kv.audit_admin import prune, take_anchor
-from secure_kv.audit_verify import verify
+from secure_kv.audit.maintenance import prune, take_anchor
+from secure_kv.audit.verify import verify
 from secure_kv.errors import AuthenticationError, SecureKVError
 from secure_kv.keys import StaticMasterKey
-from secure_kv.schema import metadata
+from secure_kv.sql.schema import metadata
 
 from ..conftest import BACKENDS, make_database_url
 from .documented_cases import DOCUMENTED, documented_reason

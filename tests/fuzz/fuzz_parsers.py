@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 with atheris.instrument_imports():
     from secure_kv import envelope
-    from secure_kv.audit_keys import _Retired, _unwrap, verify_signature
-    from secure_kv.audit_verify import parse_anchor
+    from secure_kv.audit.signing_keys import _Retired, _unwrap, verify_signature
+    from secure_kv.audit.verify import parse_anchor
     from secure_kv.errors import (
         AuthenticationError,
         InvalidInputError,

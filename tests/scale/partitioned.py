@@ -41,9 +41,9 @@ def enabled() -> bool:
 
 def partition_schema(url: str) -> None:
     """Create secure_kv's schema in the (empty) schema ``url`` selects, then partition it."""
-    from secure_kv.database import Database
-    from secure_kv.migrate import upgrade_schema
     from secure_kv.settings import load_settings
+    from secure_kv.sql.database import Database
+    from secure_kv.sql.migrate import upgrade_schema
 
     database = Database(url, load_settings(database_url=url))
     try:

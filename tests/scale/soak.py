@@ -281,7 +281,7 @@ def run_soak(
 ) -> SoakReport:
     """Run the soak on ``url`` and check every invariant; the report says what held."""
     from secure_kv import SecureStore
-    from secure_kv.audit_commands import audit_verify
+    from secure_kv.commands.audit import audit_verify
     from secure_kv.keys import StaticMasterKey
     from secure_kv.settings import load_settings
 

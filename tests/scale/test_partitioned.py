@@ -22,10 +22,10 @@ import pytest
 import sqlalchemy as sa
 
 from secure_kv import Category, SecureStore
-from secure_kv.audit_commands import audit_verify
-from secure_kv.erasure import purge, shred
+from secure_kv.admin.erasure import purge, shred
+from secure_kv.admin.rotation import rotate_master, rotate_workspaces
+from secure_kv.commands.audit import audit_verify
 from secure_kv.keys import StaticMasterKey
-from secure_kv.rotation import rotate_master, rotate_workspaces
 from secure_kv.settings import load_settings
 
 from ..conftest import make_database_url

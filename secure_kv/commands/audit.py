@@ -15,18 +15,18 @@ from typing import Any, TextIO
 
 import sqlalchemy as sa
 
-from .audit_admin import Anchor, PruneReport, iter_events, prune, take_anchor
-from .audit_verify import Progress, VerifyReport, verify
-from .database import Database
-from .display import shown, shown_message
-from .errors import MasterKeyError
-from .keys import MasterKeyProvider, provider_from_settings
-from .migrate import ensure_schema
-from .report import REPORT_FIELDS, ReportSummary, iter_report_rows
-from .report_html import check_available, write_html_report
-from .schema import audit_events, data_keys, records, workspaces
-from .settings import Settings, load_settings
-from .store import SecureStore
+from secure_kv.audit.maintenance import Anchor, PruneReport, iter_events, prune, take_anchor
+from secure_kv.audit.report import REPORT_FIELDS, ReportSummary, iter_report_rows
+from secure_kv.audit.report_html import check_available, write_html_report
+from secure_kv.audit.verify import Progress, VerifyReport, verify
+from secure_kv.display import shown, shown_message
+from secure_kv.errors import MasterKeyError
+from secure_kv.keys import MasterKeyProvider, provider_from_settings
+from secure_kv.settings import Settings, load_settings
+from secure_kv.sql.database import Database
+from secure_kv.sql.migrate import ensure_schema
+from secure_kv.sql.schema import audit_events, data_keys, records, workspaces
+from secure_kv.store import SecureStore
 
 __all__ = ["audit_anchor", "audit_log", "audit_prune", "audit_report", "audit_verify", "format_event"]
 

@@ -19,10 +19,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Dialect
 
-from .categories import Category
-from .envelope import HEADER_BYTES
-from .schema import audit_events, records
-from .statements import RECORD_COLUMNS, Statement
+from secure_kv.categories import Category
+from secure_kv.envelope import HEADER_BYTES
+from secure_kv.sql.schema import audit_events, records
+from secure_kv.sql.statements import RECORD_COLUMNS, Statement
 
 __all__ = ["EVENT_COLUMNS", "AuditStatements"]
 

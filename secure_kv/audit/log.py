@@ -32,16 +32,16 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.engine.interfaces import DBAPIConnection
 
-from . import _fork
-from ._clock import now_micros
-from .audit_events import Event, event_digest, genesis_digest
-from .audit_keys import SigningKey, load_signing_key
-from .audit_statements import AuditStatements
-from .database import Database
-from .errors import StorageError
-from .keys.base import MasterKeyProvider
-from .schema import audit_chains, audit_checkpoints, audit_events
-from .settings import AuditWrites, Settings
+from secure_kv import _fork
+from secure_kv._clock import now_micros
+from secure_kv.audit.events import Event, event_digest, genesis_digest
+from secure_kv.audit.signing_keys import SigningKey, load_signing_key
+from secure_kv.errors import StorageError
+from secure_kv.keys.base import MasterKeyProvider
+from secure_kv.settings import AuditWrites, Settings
+from secure_kv.sql.audit_statements import AuditStatements
+from secure_kv.sql.database import Database
+from secure_kv.sql.schema import audit_chains, audit_checkpoints, audit_events
 
 __all__ = ["Appender", "AuditLog"]
 

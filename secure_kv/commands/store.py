@@ -17,13 +17,10 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from . import erasure, inventory, rotation
-from .audit_commands import audit_anchor, audit_log, audit_prune, audit_report, audit_verify
-from .categories import Category, parse_category
-from .database import Database, safe_url
-from .datakeys import check_master_key
-from .errors import AuthenticationError, ConfigurationError, InvalidInputError, SecureKVError
-from .keys import (
+from secure_kv.admin import erasure, inventory, rotation
+from secure_kv.categories import Category, parse_category
+from secure_kv.errors import AuthenticationError, ConfigurationError, InvalidInputError, SecureKVError
+from secure_kv.keys import (
     KeyringMasterKey,
     MasterKeyProvider,
     StaticMasterKey,
@@ -31,23 +28,20 @@ from .keys import (
     load_provider,
     provider_from_settings,
 )
-from .keys.base import generate_master_key
-from .migrate import ensure_schema, head_revision, upgrade_schema
-from .progress import NO_PROGRESS, Progress
-from .settings import Settings, load_settings
-from .store import SecureStore
-from .validation import check_workspace_name
+from secure_kv.keys.base import generate_master_key
+from secure_kv.progress import NO_PROGRESS, Progress
+from secure_kv.settings import Settings, load_settings
+from secure_kv.sql.database import Database, safe_url
+from secure_kv.sql.migrate import ensure_schema, head_revision, upgrade_schema
+from secure_kv.store import SecureStore
+from secure_kv.store.datakeys import check_master_key
+from secure_kv.validation import check_workspace_name
 
 __all__ = [
     "DemoReport",
     "InitReport",
     "KeyCreated",
     "StoredValue",
-    "audit_anchor",
-    "audit_log",
-    "audit_prune",
-    "audit_report",
-    "audit_verify",
     "create_provider_key",
     "delete_value",
     "demo",

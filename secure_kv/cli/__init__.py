@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from . import __version__
-from .display import plural, shown, shown_message
-from .errors import InvalidInputError, SecureKVError
+from secure_kv import __version__
+from secure_kv.display import plural, shown, shown_message
+from secure_kv.errors import InvalidInputError, SecureKVError
 
 if TYPE_CHECKING:
-    from .cli_rich import BarProgress
-    from .settings import Settings
+    from secure_kv.cli.console import BarProgress
+    from secure_kv.settings import Settings
 
 __all__ = ["main"]
 
@@ -182,7 +182,7 @@ def main(ctx: click.Context, database_url: str | None) -> None:
     """
     global _URL_FROM_FLAG
     if database_url is not None:
-        from .settings import refuse_password_in_argument
+        from secure_kv.settings import refuse_password_in_argument
 
         # Before the flag is noted: this message names the variable to use instead.
         refuse_password_in_argument(database_url)
@@ -192,7 +192,7 @@ def main(ctx: click.Context, database_url: str | None) -> None:
 
 def current_settings() -> Settings:
     """Settings from the environment, with the command line's --database-url on top."""
-    from .settings import load_settings
+    from secure_kv.settings import load_settings
 
     ctx = click.get_current_context()
     url = (ctx.find_root().obj or {}).get("database_url")
@@ -200,7 +200,7 @@ def current_settings() -> Settings:
 
 
 def _commands() -> Any:
-    from . import commands
+    from secure_kv import commands
 
     return commands
 
@@ -255,7 +255,7 @@ def keygen(provider: str | None) -> None:
         SECURE_KV_PKCS11_PIN_FILE=/run/secrets/pin secure-kv keygen --provider pkcs11
     """
     if provider is None:
-        from .keys.base import generate_master_key
+        from secure_kv.keys.base import generate_master_key
 
         click.echo(generate_master_key())
         return
@@ -277,7 +277,7 @@ def demo() -> None:
     """
     from rich.console import Console
 
-    from .cli_rich import print_table
+    from secure_kv.cli.console import print_table
 
     commands = _commands()
     console = Console()
@@ -340,7 +340,7 @@ def _echo_json(data: Any) -> None:
 
 @contextmanager
 def _progress(unit: str) -> Iterator[BarProgress]:
-    from .cli_rich import bar_progress
+    from secure_kv.cli.console import bar_progress
 
     with bar_progress(unit) as progress:
         yield progress
@@ -380,7 +380,7 @@ def status(output_format: str) -> None:
 
         secure-kv status --format json | jq '.workspaces[] | select(.rotation_due) | .name'
     """
-    from .cli_rich import print_table, stdout_console
+    from secure_kv.cli.console import print_table, stdout_console
 
     report = _commands().status(current_settings())
     if output_format == "json":
@@ -812,7 +812,7 @@ def list_command(workspace: str, limit: int | None, after: str | None, output_fo
         secure-kv list tenant-42:my-plugin --format json | jq -r '.[].key'
         secure-kv list tenant-42:my-plugin --limit 100 --after user_name
     """
-    from ._clock import format_time, now_micros
+    from secure_kv._clock import format_time, now_micros
 
     now = now_micros()
     entries = _commands().list_keys(workspace, current_settings(), after=after, limit=limit)
@@ -879,7 +879,7 @@ def audit_report(fmt: str, workspace: str | None) -> None:
 
         secure-kv audit report --format html > report.html   # one page, no network (extra: report)
     """
-    from .cli_rich import phase_progress
+    from secure_kv.cli.console import phase_progress
 
     settings = current_settings()
     out = sys.stdout
@@ -938,7 +938,7 @@ def audit_verify(anchor: str | None, chain_only: bool) -> None:
 
         secure-kv audit verify --anchor "$(tail -n 1 anchors.txt)"
     """
-    from .cli_rich import phase_progress
+    from secure_kv.cli.console import phase_progress
 
     commands = _commands()
     settings = current_settings()
@@ -985,7 +985,7 @@ def audit_log(workspace: str | None, since: str | None, fmt: str) -> None:
 
         secure-kv audit log --since 24h --format json
     """
-    from ._clock import parse_time
+    from secure_kv._clock import parse_time
 
     start = parse_time(since) if since is not None else None
     out = sys.stdout
@@ -1034,7 +1034,7 @@ def audit_prune(before: str) -> None:
 
         secure-kv audit prune --before 400d
     """
-    from ._clock import parse_time
+    from secure_kv._clock import parse_time
 
     report = _commands().audit_prune(parse_time(before), settings=current_settings())
     click.echo(f"removed {plural(report.removed, 'event')} from {plural(report.chains, 'chain')}", err=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from secure_kv.schema import VERSION_TABLE, metadata
+from secure_kv.sql.schema import VERSION_TABLE, metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:

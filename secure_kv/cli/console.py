@@ -19,7 +19,7 @@ from rich.progress import Progress as RichProgress
 from rich.table import Table
 from rich.text import Text
 
-from .display import shown
+from secure_kv.display import shown
 
 __all__ = ["BarProgress", "PhaseProgress", "bar_progress", "phase_progress", "print_table", "stdout_console"]
 

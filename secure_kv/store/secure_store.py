@@ -13,14 +13,11 @@ from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any
 
-from . import batches
-from ._clock import now_micros
-from .audit import AuditLog, refused
-from .categories import CATEGORY_CODES, Category, parse_category
-from .credentials import apply_credential_policy
-from .database import Database, UndecodableTextError, safe_url
-from .datakeys import DataKeys, MissingDataKeyError, check_master_key
-from .envelope import (
+from secure_kv._clock import now_micros
+from secure_kv.audit.log import AuditLog, refused
+from secure_kv.categories import CATEGORY_CODES, Category, parse_category
+from secure_kv.credentials import apply_credential_policy
+from secure_kv.envelope import (
     HEADER_BYTES,
     context_prefix,
     key_context,
@@ -30,7 +27,7 @@ from .envelope import (
     row_in_domain,
     seal_value,
 )
-from .errors import (
+from secure_kv.errors import (
     AuthenticationError,
     ConfigurationError,
     InvalidTypeError,
@@ -39,11 +36,14 @@ from .errors import (
     StorageError,
     UnsupportedVersionError,
 )
-from .keys import MasterKeyProvider, provider_from_settings
-from .migrate import ensure_schema
-from .settings import Settings, load_settings
-from .statements import Statements
-from .validation import Buffer, check_key, check_ttl, check_value, check_workspace_name
+from secure_kv.keys import MasterKeyProvider, provider_from_settings
+from secure_kv.settings import Settings, load_settings
+from secure_kv.sql.database import Database, UndecodableTextError, safe_url
+from secure_kv.sql.migrate import ensure_schema
+from secure_kv.sql.statements import Statements
+from secure_kv.store import batches
+from secure_kv.store.datakeys import DataKeys, MissingDataKeyError, check_master_key
+from secure_kv.validation import Buffer, check_key, check_ttl, check_value, check_workspace_name
 
 __all__ = ["SecureStore", "Workspace"]
 

@@ -13,19 +13,25 @@ import operator
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ._clock import now_micros
-from .audit import Appender
-from .categories import CATEGORY_CODES, Category, parse_category
-from .credentials import find_credential
-from .database import UndecodableTextError
-from .datakeys import MissingDataKeyError
-from .envelope import HEADER_BYTES, DataKey, open_record, row_in_domain, seal_records
-from .errors import AuthenticationError, InvalidInputError, InvalidTypeError, SecureKVError, StorageError
-from .statements import in_list_chunks
-from .validation import Buffer, check_key, check_ttl, check_value
+from secure_kv._clock import now_micros
+from secure_kv.audit.log import Appender
+from secure_kv.categories import CATEGORY_CODES, Category, parse_category
+from secure_kv.credentials import find_credential
+from secure_kv.envelope import HEADER_BYTES, DataKey, open_record, row_in_domain, seal_records
+from secure_kv.errors import (
+    AuthenticationError,
+    InvalidInputError,
+    InvalidTypeError,
+    SecureKVError,
+    StorageError,
+)
+from secure_kv.sql.database import UndecodableTextError
+from secure_kv.sql.statements import in_list_chunks
+from secure_kv.store.datakeys import MissingDataKeyError
+from secure_kv.validation import Buffer, check_key, check_ttl, check_value
 
 if TYPE_CHECKING:
-    from .store import Workspace
+    from secure_kv.store import Workspace
 
 __all__ = ["delete_many", "get_many", "set_many"]
 

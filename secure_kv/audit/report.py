@@ -16,11 +16,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ._clock import format_time, now_micros
-from .audit_verify import _stream
-from .database import Database
-from .envelope import ALGORITHM_NAMES
-from .schema import data_keys, records, workspaces
+from secure_kv._clock import format_time, now_micros
+from secure_kv.audit.verify import _stream
+from secure_kv.envelope import ALGORITHM_NAMES
+from secure_kv.sql.database import Database
+from secure_kv.sql.schema import data_keys, records, workspaces
 
 __all__ = ["REPORT_FIELDS", "ReportSummary", "iter_report", "iter_report_rows"]
 

@@ -33,24 +33,31 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ._clock import now_micros
-from .audit_keys import replace_signing_keys
-from .categories import CATEGORY_CODES
-from .datakeys import MissingDataKeyError
-from .envelope import HEADER_BYTES, DataKey, record_contexts, reseal_value, rewrap_data_key, row_in_domain
-from .errors import (
+from secure_kv._clock import now_micros
+from secure_kv.admin.retirement import lock_data_keys, retire_when_unreferenced, try_transaction
+from secure_kv.audit.signing_keys import replace_signing_keys
+from secure_kv.categories import CATEGORY_CODES
+from secure_kv.envelope import (
+    HEADER_BYTES,
+    DataKey,
+    record_contexts,
+    reseal_value,
+    rewrap_data_key,
+    row_in_domain,
+)
+from secure_kv.errors import (
     AuthenticationError,
     InvalidInputError,
     SecureKVError,
     StorageError,
     UnsupportedVersionError,
 )
-from .progress import NO_PROGRESS, Progress
-from .retirement import lock_data_keys, retire_when_unreferenced, try_transaction
-from .schema import audit_signing_keys, data_keys, records, workspaces
-from .statements import Statement
-from .store import SecureStore
-from .validation import check_workspace_name
+from secure_kv.progress import NO_PROGRESS, Progress
+from secure_kv.sql.schema import audit_signing_keys, data_keys, records, workspaces
+from secure_kv.sql.statements import Statement
+from secure_kv.store import SecureStore
+from secure_kv.store.datakeys import MissingDataKeyError
+from secure_kv.validation import check_workspace_name
 
 __all__ = [
     "DataKeyFailure",

@@ -28,16 +28,16 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from ._clock import now_micros
-from .database import Database, UndecodableTextError
-from .envelope import DataKey, new_data_key_bytes, unwrap_data_key, wrap_data_key
-from .errors import AuthenticationError, MasterKeyError, StorageError
-from .keys.base import MasterKeyProvider
-from .schema import data_keys
-from .statements import Statements
+from secure_kv._clock import now_micros
+from secure_kv.envelope import DataKey, new_data_key_bytes, unwrap_data_key, wrap_data_key
+from secure_kv.errors import AuthenticationError, MasterKeyError, StorageError
+from secure_kv.keys.base import MasterKeyProvider
+from secure_kv.sql.database import Database, UndecodableTextError
+from secure_kv.sql.schema import data_keys
+from secure_kv.sql.statements import Statements
 
 if TYPE_CHECKING:
-    from .audit import AuditLog
+    from secure_kv.audit.log import AuditLog
 
 __all__ = ["DataKeys", "MissingDataKeyError", "check_master_key"]
 

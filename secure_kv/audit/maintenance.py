@@ -17,16 +17,16 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from ._clock import format_time, now_micros
-from .audit_events import anchor_digest, checkpoint_message, event_digest, genesis_digest
-from .audit_keys import trusted_signing_keys, verify_signature
-from .audit_verify import ANCHOR_PREFIX, _event_from_row, _stream
-from .database import Database
-from .errors import AuthenticationError
-from .schema import audit_anchors, audit_chains, audit_checkpoints, audit_events
+from secure_kv._clock import format_time, now_micros
+from secure_kv.audit.events import anchor_digest, checkpoint_message, event_digest, genesis_digest
+from secure_kv.audit.signing_keys import trusted_signing_keys, verify_signature
+from secure_kv.audit.verify import ANCHOR_PREFIX, _event_from_row, _stream
+from secure_kv.errors import AuthenticationError
+from secure_kv.sql.database import Database
+from secure_kv.sql.schema import audit_anchors, audit_chains, audit_checkpoints, audit_events
 
 if TYPE_CHECKING:
-    from .store import SecureStore
+    from secure_kv.store import SecureStore
 
 __all__ = ["Anchor", "PruneReport", "iter_events", "prune", "take_anchor"]
 

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
-from .database import Database
-from .errors import StorageError, UnsupportedVersionError
-from .schema import VERSION_TABLE
+from secure_kv.errors import StorageError, UnsupportedVersionError
+from secure_kv.sql.database import Database
+from secure_kv.sql.schema import VERSION_TABLE
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -39,7 +39,7 @@ def _config() -> Config:
     from alembic.config import Config
 
     config = Config()
-    config.set_main_option("script_location", str(resources.files("secure_kv") / "migrations"))
+    config.set_main_option("script_location", str(resources.files("secure_kv.sql") / "migrations"))
     return config
 
 
@@ -66,7 +66,7 @@ def _quick_head() -> str | None:
     """
     revisions: set[str] = set()
     parents: set[str] = set()
-    for path in (resources.files("secure_kv") / "migrations" / "versions").iterdir():
+    for path in (resources.files("secure_kv.sql") / "migrations" / "versions").iterdir():
         if not path.name.endswith(".py") or path.name.startswith("_"):
             continue
         found = dict(

@@ -14,7 +14,7 @@ What each check finds is listed in docs/compliance.md. In short, per chain:
   pinned.
 
 Signatures count only under a trusted signing key: one whose row authenticates under the
-master key, or that the anchor pinned (:func:`~secure_kv.audit_keys.trusted_signing_keys`).
+master key, or that the anchor pinned (:func:`~secure_kv.audit.signing_keys.trusted_signing_keys`).
 A chain signed by any other key is reported, never passed: someone with write access can
 add a key row and a chain signed by it. Without both the master key and an anchor (the
 auditor's ``--chain-only`` with no anchor), the keys in the table are used unproven, and
@@ -34,14 +34,21 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .audit_events import Event, anchor_digest, checkpoint_message, event_digest, genesis_digest
-from .audit_keys import trusted_signing_keys, verify_signature
-from .categories import CATEGORY_CODES, Category
-from .database import Database, UndecodableTextError
-from .envelope import DataKey, open_value, parse_header, record_context, row_in_domain, unwrap_data_key
-from .errors import AuthenticationError, InvalidInputError, MasterKeyError, UnsupportedVersionError
-from .keys.base import MasterKeyProvider
-from .schema import (
+from secure_kv.audit.events import Event, anchor_digest, checkpoint_message, event_digest, genesis_digest
+from secure_kv.audit.signing_keys import trusted_signing_keys, verify_signature
+from secure_kv.categories import CATEGORY_CODES, Category
+from secure_kv.envelope import (
+    DataKey,
+    open_value,
+    parse_header,
+    record_context,
+    row_in_domain,
+    unwrap_data_key,
+)
+from secure_kv.errors import AuthenticationError, InvalidInputError, MasterKeyError, UnsupportedVersionError
+from secure_kv.keys.base import MasterKeyProvider
+from secure_kv.sql.database import Database, UndecodableTextError
+from secure_kv.sql.schema import (
     audit_anchors,
     audit_chains,
     audit_checkpoints,

@@ -22,9 +22,9 @@ from collections.abc import Callable
 
 import sqlalchemy as sa
 
-from .database import Database
-from .errors import SecureKVError
-from .schema import data_keys
+from secure_kv.errors import SecureKVError
+from secure_kv.sql.database import Database
+from secure_kv.sql.schema import data_keys
 
 __all__ = ["lock_data_keys", "retire_when_unreferenced", "try_transaction"]
 

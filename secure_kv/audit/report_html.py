@@ -30,13 +30,13 @@ from typing import Any, TextIO
 
 import sqlalchemy as sa
 
-from ._clock import format_time, now_micros
-from .audit_verify import verify
-from .database import Database
-from .display import shown, shown_message
-from .errors import ConfigurationError
-from .report import REPORT_FIELDS, ReportSummary
-from .schema import audit_anchors, audit_events, data_keys, workspaces
+from secure_kv._clock import format_time, now_micros
+from secure_kv.audit.report import REPORT_FIELDS, ReportSummary
+from secure_kv.audit.verify import verify
+from secure_kv.display import shown, shown_message
+from secure_kv.errors import ConfigurationError
+from secure_kv.sql.database import Database
+from secure_kv.sql.schema import audit_anchors, audit_events, data_keys, workspaces
 
 __all__ = ["HTML_FIELDS", "check_available", "write_html_report"]
 

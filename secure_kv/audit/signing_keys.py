@@ -17,7 +17,7 @@ public half and, instead of the seed, a retirement mark wrapped under the curren
 key (associated data ``"secure_kv/v1/audit-signing-key-retired" | public key``), so the old
 public half still authenticates and still verifies the events it signed. The mark holds
 the digest of the heads of every chain the key signed
-(:func:`~secure_kv.audit_events.retired_chains_digest`) and a tag of the master key that
+(:func:`~secure_kv.audit.events.retired_chains_digest`) and a tag of the master key that
 wrapped the seed: an event signed with the old seed afterwards, by whoever unwrapped it
 with a leaked master key, makes the key untrusted. While that master key is still
 accepted (as a previous key, during the rotation), ``rotate master`` run again moves the
@@ -37,11 +37,11 @@ import sqlalchemy as sa
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from .audit_events import retired_chains_digest
-from .database import Database
-from .errors import AuthenticationError, MasterKeyError, UnsupportedVersionError
-from .keys.base import MasterKey, MasterKeyProvider
-from .schema import audit_chains, audit_checkpoints, audit_events, audit_signing_keys
+from secure_kv.audit.events import retired_chains_digest
+from secure_kv.errors import AuthenticationError, MasterKeyError, UnsupportedVersionError
+from secure_kv.keys.base import MasterKey, MasterKeyProvider
+from secure_kv.sql.database import Database
+from secure_kv.sql.schema import audit_chains, audit_checkpoints, audit_events, audit_signing_keys
 
 __all__ = [
     "KeyProblem",

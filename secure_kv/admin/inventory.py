@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from ._clock import format_time, now_micros
-from .database import Database, safe_url
-from .errors import InvalidInputError
-from .migrate import current_revision
-from .schema import audit_events, data_keys, records, workspaces
+from secure_kv._clock import format_time, now_micros
+from secure_kv.errors import InvalidInputError
+from secure_kv.sql.database import Database, safe_url
+from secure_kv.sql.migrate import current_revision
+from secure_kv.sql.schema import audit_events, data_keys, records, workspaces
 
 __all__ = [
     "DataKeyStatus",

@@ -27,14 +27,14 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
-from ._clock import now_micros
-from .database import SQLITE_BUSY_TIMEOUT_SECONDS
-from .errors import InvalidInputError, StorageError
-from .progress import NO_PROGRESS, Progress
-from .retirement import lock_data_keys, retire_when_unreferenced, try_transaction
-from .schema import data_keys, records, workspaces
-from .store import SecureStore
-from .validation import check_workspace_name
+from secure_kv._clock import now_micros
+from secure_kv.admin.retirement import lock_data_keys, retire_when_unreferenced, try_transaction
+from secure_kv.errors import InvalidInputError, StorageError
+from secure_kv.progress import NO_PROGRESS, Progress
+from secure_kv.sql.database import SQLITE_BUSY_TIMEOUT_SECONDS
+from secure_kv.sql.schema import data_keys, records, workspaces
+from secure_kv.store import SecureStore
+from secure_kv.validation import check_workspace_name
 
 log = logging.getLogger("secure_kv")
 

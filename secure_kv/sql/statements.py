@@ -17,7 +17,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.sql.elements import ClauseElement
 
-from .schema import data_keys, records, workspaces
+from secure_kv.sql.schema import data_keys, records, workspaces
 
 __all__ = [
     "IN_LIST_MAX",

@@ -42,12 +42,12 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.engine.interfaces import DBAPIConnection
 
-from . import _fork
-from .errors import ConfigurationError, StorageError
-from .settings import Settings
+from secure_kv import _fork
+from secure_kv.errors import ConfigurationError, StorageError
+from secure_kv.settings import Settings
 
 if TYPE_CHECKING:
-    from .statements import Statement
+    from secure_kv.sql.statements import Statement
 
 __all__ = ["Database", "UndecodableTextError", "safe_url"]
 
