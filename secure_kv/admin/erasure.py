@@ -23,7 +23,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -31,8 +33,7 @@ from secure_kv._clock import now_micros
 from secure_kv.admin.retirement import lock_data_keys, retire_when_unreferenced, try_transaction
 from secure_kv.errors import InvalidInputError, StorageError
 from secure_kv.progress import NO_PROGRESS, Progress
-from secure_kv.sql.database import SQLITE_BUSY_TIMEOUT_SECONDS
-from secure_kv.sql.schema import data_keys, records, workspaces
+from secure_kv.sql import statements
 from secure_kv.store import SecureStore
 from secure_kv.validation import check_workspace_name
 
@@ -41,8 +42,6 @@ log = logging.getLogger("secure_kv")
 __all__ = ["PurgeReport", "ShredReport", "purge", "shred"]
 
 DEFAULT_BATCH_RECORDS = 1000
-
-_d, _r, _w = data_keys.c, records.c, workspaces.c
 
 
 @dataclass(frozen=True)
@@ -71,20 +70,35 @@ def shred(
     """
     started = time.monotonic()
     name = check_workspace_name(workspace)
-    database = store._db
-    with database.connect(lock=True) as connection, connection.begin():
-        row = connection.execute(
-            # Locked, so no key version is made current while we destroy the keys.
-            sa.select(_w.id, _w.last_dek_version).where(_w.name == name).with_for_update()
-        ).first()
+    workspace_id, up_to, destroyed = _destroy_data_keys(store, name, workspace)
+    store._keys.forget_workspace(name, workspace_id)
+    deletion = _Deletion(store, workspace, workspace_id, up_to, batch_size)
+    progress.start(deletion.count(), f"deleting the records of {workspace}")
+    deletion.run(progress)
+    store._keys.forget_workspace(name, workspace_id)
+    if store._db.dialect_name == "sqlite":
+        _empty_sqlite_wal(store, workspace)
+    return ShredReport(
+        workspace=workspace,
+        destroyed_keys=destroyed,
+        up_to_version=up_to,
+        deleted_records=deletion.deleted,
+        deleted_keys=deletion.deleted_keys,
+        seconds=time.monotonic() - started,
+    )
+
+
+def _destroy_data_keys(store: SecureStore, name: bytes, workspace: str) -> tuple[int, int, int]:
+    """Step 1: destroy the material of every data key up to the current version and record
+    "admin.shred", in one transaction. The workspace row is locked first, so no key version
+    is made current while the keys are destroyed. Returns (workspace id, highest version
+    destroyed, keys destroyed)."""
+    with store._db.connect(lock=True) as connection, connection.begin():
+        row = connection.execute(statements.select_workspace(name, lock=True)).first()
         if row is None:
             raise InvalidInputError(f"no workspace named {workspace!r} in this store")
         workspace_id, up_to = int(row[0]), int(row[1])
-        destroyed = connection.execute(
-            sa.update(data_keys)
-            .where(_d.workspace_id == workspace_id, _d.version <= up_to, _d.wrapped.isnot(None))
-            .values(wrapped=None)
-        ).rowcount
+        destroyed = connection.execute(statements.destroy_data_keys(workspace_id, up_to)).rowcount
         store._record_event(
             "admin.shred",
             connection=connection,
@@ -92,103 +106,106 @@ def shred(
             dek_version=up_to,
             detail=f"destroyed {destroyed} data key(s), versions up to {up_to}",
         )
-    store._keys.forget_workspace(name, workspace_id)
+    return workspace_id, up_to, destroyed
 
-    doomed = sa.and_(_r.workspace_id == workspace_id, _r.dek_version <= up_to)
-    with database.connect() as connection, connection.begin():
-        total = connection.execute(sa.select(sa.func.count()).where(doomed)).scalar_one()
-    progress.start(total, f"deleting the records of {workspace}")
-    deleted = 0
 
-    def sweep() -> None:
-        nonlocal deleted
+class _Deletion:
+    """Steps 2 and 3 of a shred: the records under the destroyed versions, then the key
+    rows, once no record names them."""
+
+    def __init__(
+        self, store: SecureStore, workspace: str, workspace_id: int, up_to: int, batch_size: int
+    ) -> None:
+        self.store = store
+        self.database = store._db
+        self.workspace = workspace
+        self.workspace_id = workspace_id
+        self.up_to = up_to
+        self.batch_size = batch_size
+        self.deleted = 0
+        self.deleted_keys = 0
+
+    def count(self) -> int:
+        """The records to delete: the progress bar's total."""
+        with self.database.connect() as connection, connection.begin():
+            query = statements.count_records_through(self.workspace_id, self.up_to)
+            return int(connection.execute(query).scalar_one())
+
+    def run(self, progress: Progress) -> None:
+        """Sweep and retire until the key rows are gone; a writer that cached a destroyed key
+        may add records meanwhile (``retirement.py``), so give up, saying to run the shred
+        again, after the patience such a writer needs to drop its key."""
+        retire_when_unreferenced(
+            lambda: self.sweep(progress),
+            self.finish,
+            patience=max(30.0, 2 * self.store.settings.dek_cache_seconds),
+            stuck=lambda: StorageError(
+                f"workspace {self.workspace!r}: a process keeps writing under its destroyed data keys "
+                "(it cached them before the shred); run the shred again"
+            ),
+        )
+
+    def sweep(self, progress: Progress) -> None:
+        """Step 2: a pass over the records, a page per transaction, so other writers are
+        never blocked for long; each page is one bounded range delete ending at its
+        ``batch_size``-th key."""
+        workspace_id, up_to = self.workspace_id, self.up_to
         after = b""
-        with database.connect(lock=True) as connection:
+        with self.database.connect(lock=True) as connection:
             while True:
                 with connection.begin():
-                    # The batch ends at the batch_size-th key: one bounded range delete.
                     last = connection.execute(
-                        sa.select(_r.record_key)
-                        .where(doomed, _r.record_key > after)
-                        .order_by(_r.record_key)
-                        .offset(batch_size - 1)
-                        .limit(1)
+                        statements.select_page_end(workspace_id, up_to, after, self.batch_size)
                     ).scalar()
-                    bounded = [_r.record_key <= last] if last is not None else []
                     count = connection.execute(
-                        sa.delete(records).where(doomed, _r.record_key > after, *bounded)
+                        statements.delete_records_through(workspace_id, up_to, after=after, last=last)
                     ).rowcount
-                deleted += count
+                self.deleted += count
                 progress.advance(count)
                 if last is None:
                     return
                 after = bytes(last)
 
-    retired = sa.and_(_d.workspace_id == workspace_id, _d.version <= up_to)
-    deleted_keys = 0
+    def finish(self) -> bool | None:
+        """Step 3, in one transaction (see :meth:`delete_keys`)."""
+        with self.database.connect(lock=True) as connection:
+            return try_transaction(self.database, connection, self.delete_keys)
 
-    def work(connection: sa.Connection) -> bool:
-        nonlocal deleted, deleted_keys
-        lock_data_keys(connection, retired)
+    def delete_keys(self, connection: sa.Connection) -> bool:
+        """Delete the last stragglers and the key rows, and record "admin.shred_complete",
+        the key rows locked first so no writer slips a record in; ``False`` when more
+        stragglers remain than one batch (sweep again first)."""
+        workspace_id, up_to = self.workspace_id, self.up_to
+        lock_data_keys(connection, workspace_id, up_to)
         stragglers = connection.execute(
-            sa.select(sa.func.count()).select_from(
-                sa.select(_r.record_key).where(doomed).limit(batch_size + 1).subquery()
-            )
+            statements.count_records_through(workspace_id, up_to, cap=self.batch_size + 1)
         ).scalar_one()
-        if stragglers > batch_size:
+        if stragglers > self.batch_size:
             return False
-        count = connection.execute(sa.delete(records).where(doomed)).rowcount
-        deleted_keys = connection.execute(sa.delete(data_keys).where(retired)).rowcount
-        deleted += count
-        store._record_event(
+        count = connection.execute(statements.delete_records_through(workspace_id, up_to)).rowcount
+        self.deleted_keys = connection.execute(statements.delete_data_keys(workspace_id, up_to)).rowcount
+        self.deleted += count
+        self.store._record_event(
             "admin.shred_complete",
             connection=connection,
-            workspace=workspace,
+            workspace=self.workspace,
             dek_version=up_to,
-            detail=f"deleted {deleted} record(s) and {deleted_keys} destroyed data key(s)",
+            detail=f"deleted {self.deleted} record(s) and {self.deleted_keys} destroyed data key(s)",
         )
         return True
 
-    def finish() -> bool | None:
-        with database.connect(lock=True) as connection:
-            return try_transaction(database, connection, work)
 
-    retire_when_unreferenced(
-        sweep,
-        finish,
-        patience=max(30.0, 2 * store.settings.dek_cache_seconds),
-        stuck=lambda: StorageError(
-            f"workspace {workspace!r}: a process keeps writing under its destroyed data keys "
-            "(it cached them before the shred); run the shred again"
-        ),
-    )
-    store._keys.forget_workspace(name, workspace_id)
-    if database.dialect_name == "sqlite":
-        # The WAL still holds earlier images of the pages with the wrapped keys: copy the
-        # current pages back and empty it, so no file in the directory keeps them.
-        with database.connect() as connection:
-            # Wait a second for readers, not the usual busy timeout: a reader that stays
-            # only delays the emptying, which the warning below tells the operator.
-            connection.exec_driver_sql("PRAGMA busy_timeout=1000")
-            try:
-                busy = connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").scalar()
-            finally:
-                connection.exec_driver_sql(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_SECONDS * 1000}")
-        if busy:
-            log.warning(
-                "shred of workspace %r: another connection kept the SQLite WAL busy, so it still "
-                "holds old copies of the destroyed keys until its next checkpoint; close the "
-                "other processes' stores (or run the shred again) to empty it",
-                workspace,
-            )
-    return ShredReport(
-        workspace=workspace,
-        destroyed_keys=destroyed,
-        up_to_version=up_to,
-        deleted_records=deleted,
-        deleted_keys=deleted_keys,
-        seconds=time.monotonic() - started,
-    )
+def _empty_sqlite_wal(store: SecureStore, workspace: str) -> None:
+    """The WAL still holds earlier images of the pages with the wrapped keys: copy the
+    current pages back and empty it, so no file in the directory keeps them (or warn that
+    another connection kept it busy)."""
+    if store._db.truncate_sqlite_wal():
+        log.warning(
+            "shred of workspace %r: another connection kept the SQLite WAL busy, so it still "
+            "holds old copies of the destroyed keys until its next checkpoint; close the "
+            "other processes' stores (or run the shred again) to empty it",
+            workspace,
+        )
 
 
 @dataclass(frozen=True)
@@ -210,61 +227,58 @@ def purge(
     ``expires_at``.
     """
     started = time.monotonic()
-    database = store._db
     now = now_micros()
-    # "> 0": a stored expiry of -1 (or any other value no write produces) is tampering, for
-    # `audit verify` to report, not an expired entry to delete.
-    expired = sa.and_(_r.expires_at.isnot(None), _r.expires_at > 0, _r.expires_at <= now)
-    # SQLite and PostgreSQL walk the partial expiry index: deleted rows leave it, so every
-    # batch starts at its beginning. MySQL/MariaDB have no such index; they walk the
-    # primary key once instead of scanning the table for every batch.
-    walk_primary_key = database.dialect_name == "mysql"
-    per_workspace: Counter[str] = Counter()
-    with database.connect() as connection, connection.begin():
-        total = connection.execute(sa.select(sa.func.count()).where(expired)).scalar_one()
+    with store._db.connect() as connection, connection.begin():
+        total = connection.execute(statements.count_expired(now)).scalar_one()
     progress.start(total, "deleting expired entries")
-    after: tuple[int, bytes] = (-1, b"")
-    with database.connect(lock=True) as connection:
-        while True:
-            with connection.begin():
-                query = sa.select(_r.workspace_id, _r.record_key, _w.name).join(
-                    workspaces, _w.id == _r.workspace_id
-                )
-                if walk_primary_key:
-                    query = query.where(
-                        expired,
-                        sa.or_(
-                            _r.workspace_id > after[0],
-                            sa.and_(_r.workspace_id == after[0], _r.record_key > after[1]),
-                        ),
-                    ).order_by(_r.workspace_id, _r.record_key)
-                else:
-                    query = query.where(expired).order_by(_r.expires_at)
-                rows = connection.execute(query.limit(batch_size)).all()
-                if not rows:
-                    break
-                batch: dict[int, tuple[str, list[bytes]]] = {}
-                for workspace_id, key, raw_name in rows:
-                    shown = bytes(raw_name).decode("utf-8", "replace")
-                    batch.setdefault(workspace_id, (shown, []))[1].append(bytes(key))
-                for workspace_id, (shown, keys) in batch.items():
-                    count = connection.execute(
-                        sa.delete(records).where(
-                            _r.workspace_id == workspace_id, _r.record_key.in_(keys), expired
-                        )
-                    ).rowcount
-                    if count:
-                        per_workspace[shown] += count
-                        store._record_event(
-                            "admin.purge",
-                            connection=connection,
-                            workspace=shown,
-                            detail=f"deleted {count} expired entries",
-                        )
-            after = (rows[-1][0], bytes(rows[-1][1]))
-            progress.advance(len(rows))
+    per_workspace = _delete_expired(store, now, batch_size, progress)
     return PurgeReport(
         deleted=sum(per_workspace.values()),
         workspaces=dict(per_workspace),
         seconds=time.monotonic() - started,
     )
+
+
+def _delete_expired(store: SecureStore, now: int, batch_size: int, progress: Progress) -> Counter[str]:
+    """The entries expired at ``now``, a page per transaction (progress after each commit,
+    so an interrupted purge has deleted whole pages); the count deleted per workspace.
+
+    MySQL/MariaDB walk the primary key once (they have no partial expiry index); the
+    others take the first page of the expiry index each time (see
+    :func:`statements.select_expired`).
+    """
+    walk_primary_key = store._db.dialect_name == "mysql"
+    per_workspace: Counter[str] = Counter()
+    after: tuple[int, bytes] = (-1, b"")
+    with store._db.connect(lock=True) as connection:
+        while True:
+            with connection.begin():
+                query = statements.select_expired(now, batch_size, after=after if walk_primary_key else None)
+                rows = connection.execute(query).all()
+                if not rows:
+                    break
+                _delete_page(store, connection, rows, now, per_workspace)
+            after = (rows[-1][0], bytes(rows[-1][1]))
+            progress.advance(len(rows))
+    return per_workspace
+
+
+def _delete_page(
+    store: SecureStore, connection: sa.Connection, rows: Sequence[Any], now: int, per_workspace: Counter[str]
+) -> None:
+    """Delete one page's entries: per workspace, one delete (which re-checks the expiry)
+    and one "admin.purge" event naming the count, in the page's transaction."""
+    batch: dict[int, tuple[str, list[bytes]]] = {}
+    for workspace_id, key, raw_name in rows:
+        shown = bytes(raw_name).decode("utf-8", "replace")
+        batch.setdefault(workspace_id, (shown, []))[1].append(bytes(key))
+    for workspace_id, (shown, keys) in batch.items():
+        count = connection.execute(statements.delete_expired(workspace_id, keys, now)).rowcount
+        if count:
+            per_workspace[shown] += count
+            store._record_event(
+                "admin.purge",
+                connection=connection,
+                workspace=shown,
+                detail=f"deleted {count} expired entries",
+            )

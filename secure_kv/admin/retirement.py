@@ -23,8 +23,8 @@ from collections.abc import Callable
 import sqlalchemy as sa
 
 from secure_kv.errors import SecureKVError
+from secure_kv.sql import statements
 from secure_kv.sql.database import Database
-from secure_kv.sql.schema import data_keys
 
 __all__ = ["lock_data_keys", "retire_when_unreferenced", "try_transaction"]
 
@@ -32,12 +32,13 @@ _FIRST_PAUSE_SECONDS = 0.05
 _LONGEST_PAUSE_SECONDS = 1.0
 
 
-def lock_data_keys(connection: sa.Connection, condition: sa.ColumnElement[bool]) -> None:
-    """Lock the data-key rows matching ``condition`` until the transaction ends.
+def lock_data_keys(connection: sa.Connection, workspace_id: int, through: int) -> None:
+    """Lock the workspace's data-key rows up to version ``through`` until the transaction
+    ends.
 
     A no-op on SQLite, whose ``BEGIN IMMEDIATE`` already keeps every other writer out.
     """
-    connection.execute(sa.select(data_keys.c.version).where(condition).with_for_update()).all()
+    connection.execute(statements.lock_data_keys(workspace_id, through)).all()
 
 
 def try_transaction(

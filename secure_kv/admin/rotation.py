@@ -35,7 +35,7 @@ import sqlalchemy as sa
 
 from secure_kv._clock import now_micros
 from secure_kv.admin.retirement import lock_data_keys, retire_when_unreferenced, try_transaction
-from secure_kv.audit.signing_keys import replace_signing_keys
+from secure_kv.audit.signing_keys import SigningKeyReplacement, replace_signing_keys
 from secure_kv.categories import CATEGORY_CODES
 from secure_kv.envelope import (
     HEADER_BYTES,
@@ -52,9 +52,9 @@ from secure_kv.errors import (
     StorageError,
     UnsupportedVersionError,
 )
+from secure_kv.keys.base import MasterKey
 from secure_kv.progress import NO_PROGRESS, Progress
-from secure_kv.sql.schema import audit_signing_keys, data_keys, records, workspaces
-from secure_kv.sql.statements import Statement
+from secure_kv.sql import statements
 from secure_kv.store import SecureStore
 from secure_kv.store.datakeys import MissingDataKeyError
 from secure_kv.validation import check_workspace_name
@@ -80,7 +80,6 @@ INLINE_VALUE_BYTES = 16 * 1024
 _MAX_TARGET_ATTEMPTS = 8
 
 _CODE_BY_VALUE = {category.value: code for category, code in CATEGORY_CODES.items()}
-_d, _r, _w = data_keys.c, records.c, workspaces.c
 
 
 def _show(name: bytes) -> str:
@@ -145,127 +144,145 @@ def rotate_master(
     are reported in ``failed`` and left as they are; the rest are rewrapped. Idempotent.
     """
     started = time.monotonic()
-    provider = store._provider
-    current = provider.current_key()
-    database = store._db
-    live = _d.wrapped.isnot(None)
-    pending = sa.and_(live, _d.kek_id != current.kek_id)
-    # A compare-and-set: the row is rewritten only if it still holds what was read (not
-    # shredded, retired or rewrapped by another run meanwhile).
-    rewrap = Statement(
-        sa.update(data_keys)
-        .where(
-            _d.workspace_id == sa.bindparam("b_workspace"),
-            _d.version == sa.bindparam("b_version"),
-            _d.kek_id == sa.bindparam("b_old_kek"),
-            _d.wrapped == sa.bindparam("b_old_wrapped"),
-        )
-        .values(kek_id=sa.bindparam("b_new_kek"), wrapped=sa.bindparam("b_new_wrapped")),
-        database.engine.dialect,
-        ("b_new_kek", "b_new_wrapped", "b_workspace", "b_version", "b_old_kek", "b_old_wrapped"),
-    )
-    failures: list[DataKeyFailure] = []
-    rewrapped = 0
-    with database.connect(lock=True) as connection:
-        with connection.begin():
-            total = connection.execute(sa.select(sa.func.count()).where(pending)).scalar_one()
-            already = connection.execute(
-                sa.select(sa.func.count()).where(live, _d.kek_id == current.kek_id)
-            ).scalar_one()
+    current = store._provider.current_key()
+    with store._db.connect(lock=True) as connection:
+        total, already = _count_data_keys(connection, current.kek_id)
         progress.start(total, f"rewrapping data keys under master key {current.kek_id}")
-        after = (-1, -1)
-        while True:
-            with connection.begin():
-                rows = connection.execute(
-                    sa.select(_d.workspace_id, _d.version, _d.kek_id, _d.wrapped, _w.name)
-                    .join(workspaces, _w.id == _d.workspace_id)
-                    .where(
-                        pending,
-                        sa.or_(
-                            _d.workspace_id > after[0],
-                            sa.and_(_d.workspace_id == after[0], _d.version > after[1]),
-                        ),
-                    )
-                    .order_by(_d.workspace_id, _d.version)
-                    .limit(batch_size)
-                ).all()
-                for workspace_id, version, kek_id, wrapped, raw_name in rows:
-                    name = bytes(raw_name)
-                    shown = name.decode("utf-8", "replace")
-                    old = provider.find(kek_id)
-                    if old is None:
-                        failures.append(
-                            DataKeyFailure(
-                                shown, version, kek_id, "its master key is not among the provider's keys"
-                            )
-                        )
-                        continue
-                    try:
-                        new_wrapped = rewrap_data_key(old, current, bytes(wrapped), name, version)
-                    except (AuthenticationError, UnsupportedVersionError) as error:
-                        failures.append(DataKeyFailure(shown, version, kek_id, str(error)))
-                        continue
-                    changed = rewrap.run(
-                        connection.connection,
-                        current.kek_id,
-                        new_wrapped,
-                        workspace_id,
-                        version,
-                        kek_id,
-                        bytes(wrapped),
-                    )
-                    if changed:  # else shredded, retired or rewrapped meanwhile: nothing to do
-                        rewrapped += 1
-                        store._record_event(
-                            "datakey.rewrap",
-                            connection=connection,
-                            workspace=shown,
-                            dek_version=version,
-                            detail=f"master key {kek_id} -> {current.kek_id}",
-                        )
-            if not rows:
-                break
-            after = (rows[-1][0], rows[-1][1])
-            progress.advance(len(rows))
-        # The audit log's signing keys: whoever holds a leaked old master key and any copy
-        # of the database has unwrapped their seeds, so rewrapping them would let them go on
-        # signing. A new key replaces them; the old seeds are destroyed, their public
-        # halves kept (authenticated under the current master key) to verify old events.
-        with connection.begin():
-            signing = replace_signing_keys(connection, provider, now_micros())
-        store._audit.signing_keys_replaced()
-        with connection.begin():
-            remaining = {
-                kek_id: count
-                for kek_id, count in connection.execute(
-                    sa.select(_d.kek_id, sa.func.count()).where(pending).group_by(_d.kek_id)
-                ).all()
-            }
-            signing_remaining = connection.execute(
-                sa.select(sa.func.count())
-                .select_from(audit_signing_keys)
-                .where(audit_signing_keys.c.kek_id != current.kek_id)
-            ).scalar_one()
+        rewrap = _Rewrap(store, connection, current)
+        rewrap.run(batch_size, progress)
+        signing = _replace_signing_keys(store, connection)
+        remaining, signing_remaining = _count_remaining(connection, current.kek_id)
     report = MasterRotation(
         kek_id=current.kek_id,
-        rewrapped=rewrapped,
+        rewrapped=rewrap.rewrapped,
         already_current=already,
-        failed=tuple(failures),
+        failed=tuple(rewrap.failures),
         remaining=remaining,
         seconds=time.monotonic() - started,
         signing_keys_created=signing.created,
         signing_keys_retired=signing.retired,
-        signing_keys_remaining=int(signing_remaining),
+        signing_keys_remaining=signing_remaining,
     )
+    _record_master_rotation(store, report)
+    return report
+
+
+def _count_data_keys(connection: sa.Connection, kek_id: str) -> tuple[int, int]:
+    """(to rewrap, already under ``kek_id``): the live data keys, counted in one snapshot
+    before any is rewrapped, so the progress bar's total and the report agree."""
+    with connection.begin():
+        total = connection.execute(statements.count_data_keys_to_rewrap(kek_id)).scalar_one()
+        already = connection.execute(statements.count_data_keys_wrapped_by(kek_id)).scalar_one()
+    return int(total), int(already)
+
+
+class _Rewrap:
+    """Rewraps the data keys under other master keys, a page of keys per transaction.
+
+    A crash or Ctrl-C leaves every data key wrapped by one master key or the other (each
+    row update is atomic, its audit event in the same transaction); a rerun finds the rest
+    still under other keys.
+    """
+
+    def __init__(self, store: SecureStore, connection: sa.Connection, current: MasterKey) -> None:
+        self.store = store
+        self.connection = connection
+        self.provider = store._provider
+        self.current = current
+        self.update = statements.rewrap_data_key(store._db.engine.dialect)
+        self.rewrapped = 0
+        self.failures: list[DataKeyFailure] = []
+
+    def run(self, batch_size: int, progress: Progress) -> None:
+        """Every data key to rewrap, in (workspace, version) order: a page of
+        ``batch_size`` read and rewritten per transaction, progress after each commit."""
+        after = (-1, -1)
+        while True:
+            with self.connection.begin():
+                rows = self.connection.execute(
+                    statements.select_data_keys_to_rewrap(self.current.kek_id, after, batch_size)
+                ).all()
+                for workspace_id, version, kek_id, wrapped, raw_name in rows:
+                    self.rewrap_one(workspace_id, bytes(raw_name), version, kek_id, bytes(wrapped))
+            if not rows:
+                return
+            after = (rows[-1][0], rows[-1][1])
+            progress.advance(len(rows))
+
+    def rewrap_one(self, workspace_id: int, name: bytes, version: int, kek_id: str, wrapped: bytes) -> None:
+        """Rewrap one data key and record its "datakey.rewrap" event, in the page's
+        transaction. A key that cannot be unwrapped is noted in ``failures``: one bad key
+        must not keep the others under a master key that may have leaked."""
+        new_wrapped = self.rewrapped_key(name, version, kek_id, wrapped)
+        if new_wrapped is None:
+            return
+        new_kek, connection = self.current.kek_id, self.connection.connection
+        changed = self.update.run(connection, new_kek, new_wrapped, workspace_id, version, kek_id, wrapped)
+        if changed:  # else shredded, retired or rewrapped meanwhile: nothing to do
+            self.rewrapped += 1
+            self.store._record_event(
+                "datakey.rewrap",
+                connection=self.connection,
+                workspace=name.decode("utf-8", "replace"),
+                dek_version=version,
+                detail=f"master key {kek_id} -> {self.current.kek_id}",
+            )
+
+    def rewrapped_key(self, name: bytes, version: int, kek_id: str, wrapped: bytes) -> bytes | None:
+        """``wrapped`` opened with its master key and wrapped under the current one; ``None``
+        (a failure noted) if the provider lacks that master key or the key fails to open."""
+        shown = name.decode("utf-8", "replace")
+        old = self.provider.find(kek_id)
+        if old is None:
+            reason = "its master key is not among the provider's keys"
+            self.failures.append(DataKeyFailure(shown, version, kek_id, reason))
+            return None
+        try:
+            return rewrap_data_key(old, self.current, wrapped, name, version)
+        except (AuthenticationError, UnsupportedVersionError) as error:
+            self.failures.append(DataKeyFailure(shown, version, kek_id, str(error)))
+            return None
+
+
+def _replace_signing_keys(store: SecureStore, connection: sa.Connection) -> SigningKeyReplacement:
+    """Replace the audit log's signing keys instead of rewrapping them.
+
+    Whoever holds a leaked old master key and any copy of the database has unwrapped their
+    seeds, so rewrapping them would let them go on signing. A new key replaces them; the old
+    seeds are destroyed, their public halves kept (authenticated under the current master
+    key) to verify old events.
+    """
+    with connection.begin():
+        signing = replace_signing_keys(connection, store._provider, now_micros())
+    store._audit.signing_keys_replaced()
+    return signing
+
+
+def _count_remaining(connection: sa.Connection, kek_id: str) -> tuple[dict[str, int], int]:
+    """(data keys by kek_id, audit signing keys) still under another master key than
+    ``kek_id`` afterwards: what makes the rotation incomplete (failures, or keys a writer
+    created under an old master key meanwhile)."""
+    with connection.begin():
+        remaining = {
+            found: int(count)
+            for found, count in connection.execute(statements.count_data_keys_to_rewrap_by_kek(kek_id)).all()
+        }
+        signing = connection.execute(statements.count_signing_keys_not_wrapped_by(kek_id)).scalar_one()
+    return remaining, int(signing)
+
+
+def _record_master_rotation(store: SecureStore, report: MasterRotation) -> None:
+    """The "admin.rotate_master" event: one line an auditor reads to know whether every key
+    moved ("ok") or the rotation must run again ("incomplete")."""
     store._record_event(
         "admin.rotate_master",
         dek_version=None,
         outcome="ok" if report.complete else "incomplete",
-        detail=f"{rewrapped} data keys rewrapped under master key {current.kek_id}, "
-        f"{len(failures)} failed, {sum(remaining.values())} still under other master keys; "
-        f"audit signing keys: {signing.created} created, {signing.retired} retired",
+        detail=f"{report.rewrapped} data keys rewrapped under master key {report.kek_id}, "
+        f"{len(report.failed)} failed, {sum(report.remaining.values())} still under other master keys; "
+        f"audit signing keys: {report.signing_keys_created} created, "
+        f"{report.signing_keys_retired} retired",
     )
-    return report
 
 
 # --- workspace key ----------------------------------------------------------------------
@@ -296,12 +313,10 @@ class _WorkspaceState:
 
 
 def _workspace_state(connection: sa.Connection, name: bytes) -> _WorkspaceState | None:
-    row = connection.execute(sa.select(_w.id, _w.last_dek_version).where(_w.name == name)).first()
+    row = connection.execute(statements.select_workspace(name)).first()
     if row is None:
         return None
-    keys = connection.execute(
-        sa.select(_d.version, _d.wrapped.is_(None)).where(_d.workspace_id == row[0]).order_by(_d.version)
-    ).all()
+    keys = connection.execute(statements.select_data_key_states(int(row[0]))).all()
     return _WorkspaceState(
         workspace_id=int(row[0]),
         last_version=int(row[1]),
@@ -324,45 +339,9 @@ class _Reencryption:
         self.target = target
         self.batch_size = batch_size
         self.resealed = 0
-        # Compiled once and run with the driver's executemany: SQLAlchemy's per-row
-        # parameter handling would cost more than the cryptography.
-        self.update = Statement(
-            sa.update(records)
-            .where(
-                _r.workspace_id == sa.bindparam("b_workspace"),
-                _r.record_key == sa.bindparam("b_key"),
-                # The row still holds the very seal we opened (see the module docstring).
-                sa.func.substr(_r.value, sa.literal_column("1"), sa.literal_column(str(HEADER_BYTES)))
-                == sa.bindparam("b_header"),
-            )
-            .values(dek_version=sa.bindparam("b_version"), value=sa.bindparam("b_sealed")),
-            store._db.engine.dialect,
-            # SET before WHERE: SQLite's positional parameters then need no reordering.
-            ("b_version", "b_sealed", "b_workspace", "b_key", "b_header"),
-        )
-        self.select = Statement(
-            sa.select(
-                _r.record_key,
-                _r.category,
-                _r.dek_version,
-                _r.expires_at,
-                sa.case(
-                    (sa.func.length(_r.value) <= sa.literal_column(str(INLINE_VALUE_BYTES)), _r.value),
-                    else_=sa.null(),
-                ),
-            )
-            .where(
-                _r.workspace_id == sa.bindparam("b_workspace"),
-                _r.dek_version < sa.bindparam("b_target"),
-                _r.record_key > sa.bindparam("b_after"),
-            )
-            .order_by(_r.record_key)
-            .limit(sa.bindparam("b_limit"))
-            # Explicit, so SQLite's compiler adds no OFFSET parameter of its own.
-            .offset(sa.literal_column("0")),
-            store._db.engine.dialect,
-            ("b_workspace", "b_target", "b_after", "b_limit"),
-        )
+        dialect = store._db.engine.dialect
+        self.update = statements.reseal_record(dialect, HEADER_BYTES)
+        self.select = statements.select_records_to_reseal(dialect, INLINE_VALUE_BYTES)
         self.as_bytes = store._db.dialect_name == "mysql"  # PyMySQL cannot send a bytearray
         self.old_keys: dict[int, DataKey] = {}
         self.context = record_contexts(name)
@@ -376,36 +355,41 @@ class _Reencryption:
     def reseal_rows(self, connection: sa.Connection, rows: Sequence[Any]) -> int:
         """Seal ``rows`` again under the target key and write them (if still unchanged)."""
         changes = []
-        target, workspace_id, context = self.target, self.workspace_id, self.context
         for key, category, version, expires_at, blob in rows:
             key = bytes(key)
             if blob is None:  # a large value: fetched on its own, with the metadata it was
                 # sealed with (a writer may have replaced the row since the batch was read)
                 fetched = connection.execute(
-                    sa.select(_r.category, _r.expires_at, _r.value).where(
-                        _r.workspace_id == workspace_id, _r.record_key == key, _r.dek_version == version
-                    )
+                    statements.select_record_to_reseal(self.workspace_id, key, version)
                 ).first()
                 if fetched is None:
                     continue  # deleted or rewritten under the new key meanwhile
                 category, expires_at, blob = fetched
-            if not row_in_domain(version, expires_at, blob):
-                raise self.tampered(key)  # a cell no secure_kv writes (SQLite stores anything)
-            blob = bytes(blob)
-            code = _CODE_BY_VALUE.get(category)
-            old = self.old_keys.get(version) or self.old_key(key, version)
-            if code is None:
-                raise self.tampered(key)
-            try:
-                sealed = reseal_value(old, target, context(key, code, expires_at), blob)
-            except AuthenticationError:
-                raise self.tampered(key) from None
-            if self.as_bytes and not isinstance(sealed, bytes):
-                sealed = bytes(sealed)
-            changes.append((target.version, sealed, workspace_id, key, blob[:HEADER_BYTES]))
+            changes.append(self.resealed_row(key, category, version, expires_at, blob))
         if changes:
             self.update.run_many(connection.connection, changes)
         return len(changes)
+
+    def resealed_row(
+        self, key: bytes, category: str, version: int, expires_at: int | None, blob: Any
+    ) -> tuple[Any, ...]:
+        """The update's values for one record, opened with its old key and sealed under the
+        target. A record that fails authentication stops the rotation (:meth:`tampered`):
+        sealing it again would launder whatever was written into it."""
+        if not row_in_domain(version, expires_at, blob):
+            raise self.tampered(key)  # a cell no secure_kv writes (SQLite stores anything)
+        blob = bytes(blob)
+        code = _CODE_BY_VALUE.get(category)
+        old = self.old_keys.get(version) or self.old_key(key, version)
+        if code is None:
+            raise self.tampered(key)
+        try:
+            sealed = reseal_value(old, self.target, self.context(key, code, expires_at), blob)
+        except AuthenticationError:
+            raise self.tampered(key) from None
+        if self.as_bytes and not isinstance(sealed, bytes):
+            sealed = bytes(sealed)
+        return (self.target.version, sealed, self.workspace_id, key, blob[:HEADER_BYTES])
 
     def old_key(self, key: bytes, version: int) -> DataKey:
         """The data key of an older version (cached for the whole rotation)."""
@@ -440,27 +424,30 @@ class _Reencryption:
 
     def finish(self) -> bool | None:
         """Move the last stragglers and delete the old versions' rows, in one transaction."""
-        retired = sa.and_(_d.workspace_id == self.workspace_id, _d.version < self.target.version)
-
-        def work(connection: sa.Connection) -> bool:
-            lock_data_keys(connection, retired)
-            rows = self.select_batch(connection, b"", self.batch_size + 1)
-            if len(rows) > self.batch_size:
-                return False  # a writer added many: sweep again first
-            self.resealed += self.reseal_rows(connection, rows)
-            versions = [int(v) for v in connection.execute(sa.select(_d.version).where(retired)).scalars()]
-            connection.execute(sa.delete(data_keys).where(retired))
-            self.store._record_event(
-                "datakey.retire",
-                connection=connection,
-                workspace=self.name.decode("utf-8", "replace"),
-                dek_version=self.target.version,
-                detail=f"retired versions {versions}; records now under version {self.target.version}",
-            )
-            return True
-
         with self.database.connect(lock=True) as connection:
-            return try_transaction(self.database, connection, work)
+            return try_transaction(self.database, connection, self.retire_old_versions)
+
+    def retire_old_versions(self, connection: sa.Connection) -> bool:
+        """:meth:`finish`'s transaction: the old versions' rows locked first (see
+        ``retirement.py``), so no writer slips a record under them in; ``False`` when more
+        stragglers remain than one batch (sweep again first)."""
+        through = self.target.version - 1
+        lock_data_keys(connection, self.workspace_id, through)
+        rows = self.select_batch(connection, b"", self.batch_size + 1)
+        if len(rows) > self.batch_size:
+            return False  # a writer added many: sweep again first
+        self.resealed += self.reseal_rows(connection, rows)
+        retired = connection.execute(statements.select_data_key_versions(self.workspace_id, through))
+        versions = [int(v) for v in retired.scalars()]
+        connection.execute(statements.delete_data_keys(self.workspace_id, through))
+        self.store._record_event(
+            "datakey.retire",
+            connection=connection,
+            workspace=self.name.decode("utf-8", "replace"),
+            dek_version=self.target.version,
+            detail=f"retired versions {versions}; records now under version {self.target.version}",
+        )
+        return True
 
 
 def rotate_workspace(
@@ -479,40 +466,74 @@ def rotate_workspace(
     """
     started = time.monotonic()
     name = check_workspace_name(workspace)
-    database = store._db
-    with database.connect() as connection, connection.begin():
+    state = _rotatable_state(store, name, workspace)
+    if not state.live_versions:
+        return WorkspaceRotation(workspace, (), None, False, 0, time.monotonic() - started)
+    target, resumed = _target(store, state, name, workspace)
+    store._keys.forget_current(name)  # this process writes under the new key at once
+    moved_before, retiring = _moved_and_retiring(store, state, target.version)
+    progress.describe(f"re-encrypting {workspace}")
+    progress.advance(moved_before)  # records an interrupted run (or new writes) already moved
+    job = _Reencryption(store, state, name, target, batch_size)
+    _reencrypt(store, job, workspace, retiring, progress)
+    return WorkspaceRotation(
+        workspace=workspace,
+        from_versions=retiring,
+        to_version=target.version,
+        resumed=resumed,
+        records=job.resealed,
+        seconds=time.monotonic() - started,
+    )
+
+
+def _rotatable_state(store: SecureStore, name: bytes, workspace: str) -> _WorkspaceState:
+    """The workspace's data-key versions. Refuses a workspace that does not exist, and one
+    a shred has begun on: a new key would outlive the shred, which must finish first."""
+    with store._db.connect() as connection, connection.begin():
         state = _workspace_state(connection, name)
     if state is None:
         raise InvalidInputError(f"no workspace named {workspace!r} in this store")
     if state.destroyed:
         raise _being_shredded(name)
-    if not state.live_versions:
-        return WorkspaceRotation(workspace, (), None, False, 0, time.monotonic() - started)
+    return state
+
+
+def _target(store: SecureStore, state: _WorkspaceState, name: bytes, workspace: str) -> tuple[DataKey, bool]:
+    """The data key to re-encrypt under, and whether it resumes an interrupted rotation:
+    one whose newest version is live while older live versions remain, so a rerun after a
+    crash finishes that rotation instead of starting yet another version."""
     resumed = state.last_version in state.live_versions and state.live_versions[0] < state.last_version
     target = _fresh_target(store, state, name, workspace, resume=resumed)
     if target is None:
         raise _being_shredded(name)
-    if target.version != state.last_version:
-        resumed = False
-    target_version = target.version
-    store._keys.forget_current(name)  # this process writes under the new key at once
-    with database.connect() as connection, connection.begin():
-        moved_before = connection.execute(
-            sa.select(sa.func.count()).where(
-                _r.workspace_id == state.workspace_id, _r.dek_version >= target_version
-            )
+    return target, resumed and target.version == state.last_version
+
+
+def _moved_and_retiring(
+    store: SecureStore, state: _WorkspaceState, target_version: int
+) -> tuple[int, tuple[int, ...]]:
+    """(records already under the target version, the older versions to retire), in one
+    snapshot: the first starts the progress bar where an interrupted run (or new writes)
+    left it, the second goes in the report."""
+    with store._db.connect() as connection, connection.begin():
+        moved = connection.execute(
+            statements.count_records_from_version(state.workspace_id, target_version)
         ).scalar_one()
         retiring = tuple(
             int(v)
             for v in connection.execute(
-                sa.select(_d.version).where(
-                    _d.workspace_id == state.workspace_id, _d.version < target_version
-                )
+                statements.select_data_key_versions(state.workspace_id, target_version - 1)
             ).scalars()
         )
-    progress.describe(f"re-encrypting {workspace}")
-    progress.advance(moved_before)  # records an interrupted run (or new writes) already moved
-    job = _Reencryption(store, state, name, target, batch_size)
+    return int(moved), retiring
+
+
+def _reencrypt(
+    store: SecureStore, job: _Reencryption, workspace: str, retiring: tuple[int, ...], progress: Progress
+) -> None:
+    """Sweep the records over and retire the old versions, sweeping again while writers
+    that cached an old key add stragglers (``retirement.py``); gives up after the patience
+    a writer needs to drop its cached key, with a message saying to run it again."""
     retire_when_unreferenced(
         lambda: job.sweep(progress),
         job.finish,
@@ -521,14 +542,6 @@ def rotate_workspace(
             f"workspace {workspace!r}: a process keeps writing under data key versions "
             f"{list(retiring)} (it cached them before the rotation); run the rotation again"
         ),
-    )
-    return WorkspaceRotation(
-        workspace=workspace,
-        from_versions=retiring,
-        to_version=target_version,
-        resumed=resumed,
-        records=job.resealed,
-        seconds=time.monotonic() - started,
     )
 
 
@@ -566,9 +579,7 @@ def _create_version(store: SecureStore, state: _WorkspaceState, name: bytes, wor
     store._keys.create_version(state.workspace_id, name, version)
     with store._db.connect() as connection:
         with connection.begin():
-            current = connection.execute(
-                sa.select(_w.last_dek_version).where(_w.id == state.workspace_id)
-            ).scalar_one()
+            current = connection.execute(statements.select_last_dek_version(state.workspace_id)).scalar_one()
     return int(current)
 
 
@@ -598,21 +609,7 @@ def rotate_workspaces(
     A workspace that fails is reported and the others go on.
     """
     started = time.monotonic()
-    database = store._db
-    with database.connect() as connection, connection.begin():
-        if names is None:
-            rows = connection.execute(
-                sa.select(_w.name).where(sa.exists().where(_d.workspace_id == _w.id)).order_by(_w.name)
-            ).scalars()
-            names = [bytes(raw).decode("utf-8", "replace") for raw in rows]
-            total = connection.execute(sa.select(sa.func.count()).select_from(records)).scalar_one()
-        else:
-            encoded = [check_workspace_name(name) for name in names]
-            total = connection.execute(
-                sa.select(sa.func.count())
-                .select_from(records.join(workspaces, _w.id == _r.workspace_id))
-                .where(_w.name.in_(encoded))
-            ).scalar_one()
+    names, total = _workspaces_to_rotate(store, names)
     progress.start(total, "re-encrypting records")
     rotations: list[WorkspaceRotation] = []
     failed: list[tuple[str, str]] = []
@@ -622,3 +619,17 @@ def rotate_workspaces(
         except SecureKVError as error:
             failed.append((name, str(error)))
     return WorkspaceRotations(tuple(rotations), tuple(failed), time.monotonic() - started)
+
+
+def _workspaces_to_rotate(store: SecureStore, names: Sequence[str] | None) -> tuple[Sequence[str], int]:
+    """The workspaces to rotate (``names``, or every one with a data key) and how many
+    records they hold: one progress bar's total over all of them."""
+    with store._db.connect() as connection, connection.begin():
+        if names is None:
+            rows = connection.execute(statements.select_workspace_names_with_data_keys()).scalars()
+            names = [bytes(raw).decode("utf-8", "replace") for raw in rows]
+            total = connection.execute(statements.count_records()).scalar_one()
+        else:
+            encoded = [check_workspace_name(name) for name in names]
+            total = connection.execute(statements.count_records_in_workspaces(encoded)).scalar_one()
+    return names, int(total)

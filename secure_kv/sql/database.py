@@ -463,6 +463,22 @@ class Database:
             return bool(args) and args[0] in _TRANSIENT_MYSQL_CODES
         return False
 
+    def truncate_sqlite_wal(self) -> bool:
+        """Copy the SQLite WAL's pages back into the database file and empty the WAL, so no
+        file keeps earlier images of overwritten pages (a shredded workspace's wrapped keys).
+        Returns whether another connection kept the WAL busy (then it is not emptied).
+
+        Waits a second for readers, not the usual busy timeout: a reader that stays only
+        delays the emptying, which the caller reports.
+        """
+        with self.connect() as connection:
+            connection.exec_driver_sql("PRAGMA busy_timeout=1000")
+            try:
+                busy = connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").scalar()
+            finally:
+                connection.exec_driver_sql(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_SECONDS * 1000}")
+        return bool(busy)
+
     # --- running work ----------------------------------------------------------------
 
     def fetchone(self, statement: Statement, *values: Any) -> Any:

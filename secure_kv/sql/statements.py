@@ -1,8 +1,22 @@
-"""The hot path's SQL, compiled once per dialect by SQLAlchemy and run on DBAPI cursors.
+"""Every SQL statement secure_kv runs, built by SQLAlchemy in this one module.
 
-SQLAlchemy builds every statement (including each dialect's native upsert); at run time
-the compiled string goes straight to the driver, skipping the per-execution machinery that
-costs more than the encryption itself.
+The hot path's statements (:class:`Statements`, :class:`AuditStatements`) are compiled once
+per dialect and run on DBAPI cursors: at run time the compiled string goes straight to the
+driver, skipping the per-execution machinery that costs more than the encryption itself.
+The administrative work of ``secure_kv.admin`` (rotation, shred, purge) runs rarely: its
+statements are named builders returning SQLAlchemy Core clauses, run on a Connection, except
+for a rotation's per-record ones, compiled like the hot path's.
+
+Three tricks keep unaudited operations at one round trip and audited ones atomic
+(:class:`AuditStatements`):
+
+- a token read's event is one ``INSERT ... SELECT ... WHERE EXISTS`` that writes the event
+  only if the record is still the exact sealing that was read (same header, hence the
+  same random nonce): the read and its event are one atomic step, in one statement;
+- a non-token write is an upsert that refuses to overwrite a token (then the caller takes
+  the audited path), so a token cannot vanish under a preference without an event;
+- a non-token delete deletes only non-tokens; a token is deleted in a transaction with
+  its event.
 """
 
 from __future__ import annotations
@@ -17,15 +31,44 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.sql.elements import ClauseElement
 
-from secure_kv.sql.schema import data_keys, records, workspaces
+from secure_kv.categories import Category
+from secure_kv.sql.schema import audit_events, audit_signing_keys, data_keys, records, workspaces
 
 __all__ = [
+    "EVENT_COLUMNS",
     "IN_LIST_MAX",
     "RECORD_COLUMNS",
+    "AuditStatements",
     "Statement",
     "Statements",
+    "count_data_keys_to_rewrap",
+    "count_data_keys_to_rewrap_by_kek",
+    "count_data_keys_wrapped_by",
+    "count_expired",
+    "count_records",
+    "count_records_from_version",
+    "count_records_in_workspaces",
+    "count_records_through",
+    "count_signing_keys_not_wrapped_by",
+    "delete_data_keys",
+    "delete_expired",
+    "delete_records_through",
+    "destroy_data_keys",
     "in_list_chunks",
     "insert_or_ignore",
+    "lock_data_keys",
+    "reseal_record",
+    "rewrap_data_key",
+    "select_data_key_states",
+    "select_data_key_versions",
+    "select_data_keys_to_rewrap",
+    "select_expired",
+    "select_last_dek_version",
+    "select_page_end",
+    "select_record_to_reseal",
+    "select_records_to_reseal",
+    "select_workspace",
+    "select_workspace_names_with_data_keys",
     "upsert",
 ]
 
@@ -231,13 +274,6 @@ class Statements:
             "workspace_id",
             "record_key",
         )
-        self.delete_record = compile_(
-            sa.delete(records).where(
-                r.workspace_id == sa.bindparam("workspace_id"), r.record_key == sa.bindparam("record_key")
-            ),
-            "workspace_id",
-            "record_key",
-        )
         self.select_workspace_id = compile_(sa.select(w.id).where(w.name == sa.bindparam("name")), "name")
         self.select_current_key = compile_(
             sa.select(w.id, w.last_dek_version, d.kek_id, d.wrapped)
@@ -340,3 +376,407 @@ class Statements:
                 .with_for_update()
             ),
         )
+
+
+# --- audited hot-path operations ------------------------------------------------------
+
+EVENT_COLUMNS = (
+    "chain_id",
+    "seq",
+    "occurred_at",
+    "actor",
+    "action",
+    "workspace",
+    "record_key",
+    "category",
+    "dek_version",
+    "outcome",
+    "detail",
+    "digest",
+    "signature",
+)
+_UPDATED = ("dek_version", "updated_at", "expires_at", "value", "category")
+TOKEN = Category.TOKEN.value
+# Inlined constants: a statement's parameters are only the ones it is called with.
+_TOKEN_SQL: Any = sa.literal_column(f"'{TOKEN}'")
+
+
+class AuditStatements:
+    """Statements for audited writes, reads and deletes on one dialect."""
+
+    def __init__(self, dialect: Dialect, dialect_name: str, *, header_bytes: int) -> None:
+        """``header_bytes``: the length of a sealed value's header (``envelope.HEADER_BYTES``),
+        which holds the seal's random salt and nonce."""
+
+        def compile_(clause: Any, *params: str) -> Statement:
+            return Statement(clause, dialect, params)
+
+        r = records.c
+        self.dialect_name = dialect_name
+        self.insert_event = compile_(
+            sa.insert(audit_events).values({name: sa.bindparam(name) for name in EVENT_COLUMNS}),
+            *EVENT_COLUMNS,
+        )
+
+        def param(name: str) -> Any:
+            column = audit_events.c[name]
+            bound = sa.bindparam(name, type_=column.type)
+            # PostgreSQL cannot infer a parameter's type in a SELECT list.
+            return sa.cast(bound, column.type) if dialect_name == "postgresql" else bound
+
+        same_sealing = sa.exists().where(
+            r.workspace_id == sa.bindparam("workspace_id"),
+            r.record_key == sa.bindparam("match_key"),
+            r.category == _TOKEN_SQL,
+            r.dek_version == sa.bindparam("match_version"),
+            sa.func.substr(r.value, sa.literal_column("1"), sa.literal_column(str(header_bytes)))
+            == sa.bindparam("header"),
+        )
+        self.insert_read_event = compile_(
+            sa.insert(audit_events).from_select(
+                list(EVENT_COLUMNS), sa.select(*(param(name) for name in EVENT_COLUMNS)).where(same_sealing)
+            ),
+            *EVENT_COLUMNS,
+            "workspace_id",
+            "match_key",
+            "match_version",
+            "header",
+        )
+        self.upsert_unless_token = compile_(_guarded_upsert(dialect_name), *RECORD_COLUMNS)
+        where_record = (
+            r.workspace_id == sa.bindparam("workspace_id"),
+            r.record_key == sa.bindparam("record_key"),
+        )
+        self.delete_unless_token = compile_(
+            sa.delete(records).where(*where_record, r.category != _TOKEN_SQL), "workspace_id", "record_key"
+        )
+        self.delete_with_category = compile_(
+            sa.delete(records).where(*where_record, r.category == sa.bindparam("category")),
+            "workspace_id",
+            "record_key",
+            "category",
+        )
+        self.select_category = compile_(
+            sa.select(r.category, r.dek_version).where(*where_record), "workspace_id", "record_key"
+        )
+
+
+def _guarded_upsert(dialect_name: str) -> Any:
+    """INSERT, or overwrite the record unless it holds a token (then nothing changes).
+
+    SQLite and PostgreSQL report 0 rows when the guard refused. MySQL/MariaDB have no WHERE
+    on ON DUPLICATE KEY UPDATE: each column keeps its value when the row holds a token
+    (``category`` is assigned last, as MySQL applies assignments left to right), and since
+    the rowcount then looks like an insert's, the caller checks the category.
+    """
+    values: dict[str, Any] = {name: sa.bindparam(name) for name in RECORD_COLUMNS}
+    if dialect_name == "mysql":
+        stmt = mysql.insert(records).values(values)
+        is_token = records.c.category == _TOKEN_SQL
+        return stmt.on_duplicate_key_update(
+            [(name, sa.func.IF(is_token, records.c[name], stmt.inserted[name])) for name in _UPDATED]
+        )
+    module = sqlite if dialect_name == "sqlite" else postgresql
+    stmt = module.insert(records).values(values)
+    return stmt.on_conflict_do_update(
+        index_elements=["workspace_id", "record_key"],
+        set_={name: stmt.excluded[name] for name in _UPDATED},
+        where=records.c.category != _TOKEN_SQL,
+    )
+
+
+# --- administration: master and workspace rotation, shred, purge (secure_kv.admin) --------
+#
+# Builders, not compiled statements: each runs a few times per operation, through a
+# SQLAlchemy Connection. A rotation's per-record statements are the exception
+# (:func:`reseal_record`, :func:`select_records_to_reseal`): compiled once per rotation and
+# run with the driver's executemany, since SQLAlchemy's per-row parameter handling would
+# cost more than the cryptography.
+
+
+def _data_keys_to_rewrap(kek_id: str) -> sa.ColumnElement[bool]:
+    d = data_keys.c
+    return sa.and_(d.wrapped.isnot(None), d.kek_id != kek_id)
+
+
+def count_data_keys_to_rewrap(kek_id: str) -> sa.Select[Any]:
+    """How many live data keys are wrapped by a master key other than ``kek_id``."""
+    return sa.select(sa.func.count()).where(_data_keys_to_rewrap(kek_id))
+
+
+def count_data_keys_wrapped_by(kek_id: str) -> sa.Select[Any]:
+    """How many live data keys are wrapped by ``kek_id`` already."""
+    d = data_keys.c
+    return sa.select(sa.func.count()).where(d.wrapped.isnot(None), d.kek_id == kek_id)
+
+
+def count_data_keys_to_rewrap_by_kek(kek_id: str) -> sa.Select[Any]:
+    """(kek_id, count) of the live data keys wrapped by a master key other than ``kek_id``."""
+    d = data_keys.c
+    return sa.select(d.kek_id, sa.func.count()).where(_data_keys_to_rewrap(kek_id)).group_by(d.kek_id)
+
+
+def select_data_keys_to_rewrap(kek_id: str, after: tuple[int, int], limit: int) -> sa.Select[Any]:
+    """(workspace_id, version, kek_id, wrapped, workspace name) of up to ``limit`` data keys
+    to rewrap, in (workspace_id, version) order after ``after``: one page."""
+    d, w = data_keys.c, workspaces.c
+    return (
+        sa.select(d.workspace_id, d.version, d.kek_id, d.wrapped, w.name)
+        .join(workspaces, w.id == d.workspace_id)
+        .where(
+            _data_keys_to_rewrap(kek_id),
+            sa.or_(
+                d.workspace_id > after[0],
+                sa.and_(d.workspace_id == after[0], d.version > after[1]),
+            ),
+        )
+        .order_by(d.workspace_id, d.version)
+        .limit(limit)
+    )
+
+
+def rewrap_data_key(dialect: Dialect) -> Statement:
+    """Store a data key rewrapped under another master key: a compare-and-set, the row is
+    rewritten only if it still holds what was read (not shredded, retired or rewrapped by
+    another run meanwhile). Called with the new kek_id and wrapped key, then the workspace
+    id, version, old kek_id and old wrapped key; returns the row count."""
+    d = data_keys.c
+    return Statement(
+        sa.update(data_keys)
+        .where(
+            d.workspace_id == sa.bindparam("b_workspace"),
+            d.version == sa.bindparam("b_version"),
+            d.kek_id == sa.bindparam("b_old_kek"),
+            d.wrapped == sa.bindparam("b_old_wrapped"),
+        )
+        .values(kek_id=sa.bindparam("b_new_kek"), wrapped=sa.bindparam("b_new_wrapped")),
+        dialect,
+        ("b_new_kek", "b_new_wrapped", "b_workspace", "b_version", "b_old_kek", "b_old_wrapped"),
+    )
+
+
+def count_signing_keys_not_wrapped_by(kek_id: str) -> sa.Select[Any]:
+    """How many audit signing keys are wrapped by a master key other than ``kek_id``."""
+    k = audit_signing_keys.c
+    return sa.select(sa.func.count()).select_from(audit_signing_keys).where(k.kek_id != kek_id)
+
+
+def select_workspace(name: bytes, *, lock: bool = False) -> sa.Select[Any]:
+    """(id, last_dek_version) of the workspace ``name``; ``lock``: row-locked (``FOR
+    UPDATE``), so no key version is made current until the transaction ends."""
+    w = workspaces.c
+    query = sa.select(w.id, w.last_dek_version).where(w.name == name)
+    return query.with_for_update() if lock else query
+
+
+def select_last_dek_version(workspace_id: int) -> sa.Select[Any]:
+    """The workspace's current data-key version."""
+    w = workspaces.c
+    return sa.select(w.last_dek_version).where(w.id == workspace_id)
+
+
+def select_data_key_states(workspace_id: int) -> sa.Select[Any]:
+    """(version, destroyed) of every data-key row of the workspace, oldest first."""
+    d = data_keys.c
+    return sa.select(d.version, d.wrapped.is_(None)).where(d.workspace_id == workspace_id).order_by(d.version)
+
+
+def _data_keys_through(workspace_id: int, version: int) -> sa.ColumnElement[bool]:
+    d = data_keys.c
+    return sa.and_(d.workspace_id == workspace_id, d.version <= version)
+
+
+def lock_data_keys(workspace_id: int, through: int) -> sa.Select[Any]:
+    """Lock (``FOR UPDATE``) the workspace's data-key rows up to version ``through``.
+    SQLite ignores it: its ``BEGIN IMMEDIATE`` already keeps every other writer out."""
+    return sa.select(data_keys.c.version).where(_data_keys_through(workspace_id, through)).with_for_update()
+
+
+def select_data_key_versions(workspace_id: int, through: int) -> sa.Select[Any]:
+    """The workspace's data-key versions up to ``through``."""
+    return sa.select(data_keys.c.version).where(_data_keys_through(workspace_id, through))
+
+
+def delete_data_keys(workspace_id: int, through: int) -> sa.Delete:
+    """Delete the workspace's data-key rows up to version ``through`` (the foreign key
+    refuses while a record still names one)."""
+    return sa.delete(data_keys).where(_data_keys_through(workspace_id, through))
+
+
+def destroy_data_keys(workspace_id: int, through: int) -> sa.Update:
+    """Destroy the material (``wrapped = NULL``) of the workspace's live data keys up to
+    version ``through``; the rows stay."""
+    d = data_keys.c
+    return (
+        sa.update(data_keys)
+        .where(d.workspace_id == workspace_id, d.version <= through, d.wrapped.isnot(None))
+        .values(wrapped=None)
+    )
+
+
+def count_records_from_version(workspace_id: int, version: int) -> sa.Select[Any]:
+    """How many of the workspace's records are sealed under ``version`` or newer."""
+    r = records.c
+    return sa.select(sa.func.count()).where(r.workspace_id == workspace_id, r.dek_version >= version)
+
+
+def select_records_to_reseal(dialect: Dialect, inline_value_bytes: int) -> Statement:
+    """(key, category, dek_version, expires_at, value) of a page of records under an older
+    version than a target, in key order; a value larger than ``inline_value_bytes`` comes
+    as NULL (fetched on its own: :func:`select_record_to_reseal`). Called with the
+    workspace id, the target version, the last key of the previous page, the page size."""
+    r = records.c
+    return Statement(
+        sa.select(
+            r.record_key,
+            r.category,
+            r.dek_version,
+            r.expires_at,
+            sa.case(
+                (sa.func.length(r.value) <= sa.literal_column(str(inline_value_bytes)), r.value),
+                else_=sa.null(),
+            ),
+        )
+        .where(
+            r.workspace_id == sa.bindparam("b_workspace"),
+            r.dek_version < sa.bindparam("b_target"),
+            r.record_key > sa.bindparam("b_after"),
+        )
+        .order_by(r.record_key)
+        .limit(sa.bindparam("b_limit"))
+        # Explicit, so SQLite's compiler adds no OFFSET parameter of its own.
+        .offset(sa.literal_column("0")),
+        dialect,
+        ("b_workspace", "b_target", "b_after", "b_limit"),
+    )
+
+
+def select_record_to_reseal(workspace_id: int, key: bytes, version: int) -> sa.Select[Any]:
+    """(category, expires_at, value) of a record if it is still sealed under ``version``."""
+    r = records.c
+    return sa.select(r.category, r.expires_at, r.value).where(
+        r.workspace_id == workspace_id, r.record_key == key, r.dek_version == version
+    )
+
+
+def reseal_record(dialect: Dialect, header_bytes: int) -> Statement:
+    """Write a record sealed again under a new version, only if the row still holds the
+    very seal that was opened: its first ``header_bytes`` (the header, with the seal's
+    random salt and nonce) must match. Called with the new version and sealed value, then
+    the workspace id, the key and the old header."""
+    r = records.c
+    return Statement(
+        sa.update(records)
+        .where(
+            r.workspace_id == sa.bindparam("b_workspace"),
+            r.record_key == sa.bindparam("b_key"),
+            sa.func.substr(r.value, sa.literal_column("1"), sa.literal_column(str(header_bytes)))
+            == sa.bindparam("b_header"),
+        )
+        .values(dek_version=sa.bindparam("b_version"), value=sa.bindparam("b_sealed")),
+        dialect,
+        # SET before WHERE: SQLite's positional parameters then need no reordering.
+        ("b_version", "b_sealed", "b_workspace", "b_key", "b_header"),
+    )
+
+
+def select_workspace_names_with_data_keys() -> sa.Select[Any]:
+    """The names of the workspaces that have a data-key row, in name order."""
+    d, w = data_keys.c, workspaces.c
+    return sa.select(w.name).where(sa.exists().where(d.workspace_id == w.id)).order_by(w.name)
+
+
+def count_records() -> sa.Select[Any]:
+    """How many records the store holds."""
+    return sa.select(sa.func.count()).select_from(records)
+
+
+def count_records_in_workspaces(names: Sequence[bytes]) -> sa.Select[Any]:
+    """How many records the workspaces named ``names`` hold."""
+    r, w = records.c, workspaces.c
+    return (
+        sa.select(sa.func.count())
+        .select_from(records.join(workspaces, w.id == r.workspace_id))
+        .where(w.name.in_(names))
+    )
+
+
+def _records_through(workspace_id: int, version: int) -> sa.ColumnElement[bool]:
+    r = records.c
+    return sa.and_(r.workspace_id == workspace_id, r.dek_version <= version)
+
+
+def count_records_through(workspace_id: int, version: int, *, cap: int | None = None) -> sa.Select[Any]:
+    """How many of the workspace's records are sealed under ``version`` or older; with
+    ``cap``, counting stops at ``cap`` (one bounded index range, however many there are)."""
+    where = _records_through(workspace_id, version)
+    if cap is None:
+        return sa.select(sa.func.count()).where(where)
+    capped = sa.select(records.c.record_key).where(where).limit(cap).subquery()
+    return sa.select(sa.func.count()).select_from(capped)
+
+
+def select_page_end(workspace_id: int, version: int, after: bytes, size: int) -> sa.Select[Any]:
+    """The key ending the next page of ``size`` records under ``version`` or older, after
+    key ``after`` (none when fewer remain)."""
+    r = records.c
+    return (
+        sa.select(r.record_key)
+        .where(_records_through(workspace_id, version), r.record_key > after)
+        .order_by(r.record_key)
+        .offset(size - 1)
+        .limit(1)
+    )
+
+
+def delete_records_through(
+    workspace_id: int, version: int, *, after: bytes | None = None, last: bytes | None = None
+) -> sa.Delete:
+    """Delete the workspace's records under ``version`` or older, keys in (``after``,
+    ``last``] when given: one bounded range."""
+    r = records.c
+    where = [_records_through(workspace_id, version)]
+    if after is not None:
+        where.append(r.record_key > after)
+    if last is not None:
+        where.append(r.record_key <= last)
+    return sa.delete(records).where(*where)
+
+
+def _expired(now: int) -> sa.ColumnElement[bool]:
+    r = records.c
+    # "> 0": a stored expiry of -1 (or any other value no write produces) is tampering, for
+    # `audit verify` to report, not an expired entry to delete.
+    return sa.and_(r.expires_at.isnot(None), r.expires_at > 0, r.expires_at <= now)
+
+
+def count_expired(now: int) -> sa.Select[Any]:
+    """How many records had expired at ``now``."""
+    return sa.select(sa.func.count()).where(_expired(now))
+
+
+def select_expired(now: int, limit: int, *, after: tuple[int, bytes] | None = None) -> sa.Select[Any]:
+    """(workspace_id, key, workspace name) of up to ``limit`` records expired at ``now``.
+
+    Without ``after``, in expiry order: SQLite and PostgreSQL walk the partial expiry index,
+    and deleted rows leave it, so every page starts at its beginning. With ``after``
+    (workspace_id, key), in primary-key order after it: MySQL/MariaDB have no such index, so
+    they walk the primary key once instead of scanning the table for every page.
+    """
+    r, w = records.c, workspaces.c
+    query = sa.select(r.workspace_id, r.record_key, w.name).join(workspaces, w.id == r.workspace_id)
+    if after is None:
+        query = query.where(_expired(now)).order_by(r.expires_at)
+    else:
+        query = query.where(
+            _expired(now),
+            sa.or_(r.workspace_id > after[0], sa.and_(r.workspace_id == after[0], r.record_key > after[1])),
+        ).order_by(r.workspace_id, r.record_key)
+    return query.limit(limit)
+
+
+def delete_expired(workspace_id: int, keys: Sequence[bytes], now: int) -> sa.Delete:
+    """Delete those of ``keys`` that are still expired at ``now`` (a record rewritten with a
+    new expiry meanwhile stays)."""
+    r = records.c
+    return sa.delete(records).where(r.workspace_id == workspace_id, r.record_key.in_(keys), _expired(now))
