@@ -15,6 +15,7 @@ from secure_kv.audit.signing_keys import load_signing_key, replace_signing_keys,
 from secure_kv.audit.verify import verify
 from secure_kv.errors import AuthenticationError, StorageError
 from secure_kv.keys import StaticMasterKey
+from secure_kv.store.internals import record_event
 
 
 def events(url: str) -> list[dict[str, Any]]:
@@ -179,13 +180,13 @@ def test_admin_events_commit_and_roll_back_with_the_callers_transaction(
     url, store = url_and_store
     with store._db.connect(lock=True) as connection:
         with connection.begin():
-            store._record_event("rotate.workspace", connection=connection, workspace="w", dek_version=2)
+            record_event(store, "rotate.workspace", connection=connection, workspace="w", dek_version=2)
         transaction = connection.begin()
-        store._record_event("shred", connection=connection, workspace="w")
+        record_event(store, "shred", connection=connection, workspace="w")
         transaction.rollback()
         with connection.begin():
-            store._record_event("purge", connection=connection, detail="3 expired")
-    store._record_event("operator.get", workspace="w", key="k", category=Category.TOKEN)
+            record_event(store, "purge", connection=connection, detail="3 expired")
+    record_event(store, "operator.get", workspace="w", key="k", category=Category.TOKEN)
     assert actions(url) == [
         ("rotate.workspace", None, None),
         ("purge", None, None),

@@ -17,6 +17,7 @@ from secure_kv import SecureStore
 from secure_kv.cli import main
 from secure_kv.keys import EnvMasterKey
 from secure_kv.keys.base import generate_master_key
+from secure_kv.store.internals import record_event
 
 from .terminal import cli_env, run_at_terminal
 
@@ -85,7 +86,7 @@ def test_status_says_running_while_a_rotation_runs(sqlite_url: str, tmp_path: Pa
     provider = EnvMasterKey({"SECURE_KV_MASTER_KEY": key})
     with SecureStore.open(sqlite_url, master_key=provider) as store:
         store.workspace("w").set_many({f"k{i}": b"v" for i in range(10)})
-        store._record_event("admin.rotate_workspace", workspace="w", outcome="started")
+        record_event(store, "admin.rotate_workspace", workspace="w", outcome="started")
         store._keys.create_version(1, b"w", 2)
     status = CliRunner(env=cli_env(sqlite_url, key)).invoke(main, ["status"])
     assert "rotation running" in status.stdout

@@ -24,6 +24,7 @@ from secure_kv.audit.verify import ANCHOR_PREFIX, _event_from_row, _stream
 from secure_kv.errors import AuthenticationError
 from secure_kv.sql.database import Database
 from secure_kv.sql.schema import audit_anchors, audit_chains, audit_checkpoints, audit_events
+from secure_kv.store.internals import record_event, store_parts
 
 if TYPE_CHECKING:
     from secure_kv.store import SecureStore
@@ -86,7 +87,8 @@ def take_anchor(store: SecureStore) -> Anchor:
     not hold) is left out with its chains and listed in :attr:`Anchor.untrusted`, so a
     later ``audit verify --chain-only --anchor`` reports them instead of trusting them.
     """
-    database = store._db
+    parts = store_parts(store)
+    database = parts.database
     e, c = audit_events.c, audit_checkpoints.c
     heads_query = sa.select(e.chain_id, e.seq, e.digest).join_from(
         audit_events,
@@ -102,7 +104,7 @@ def take_anchor(store: SecureStore) -> Anchor:
         }
         for chain, seq, digest in connection.execute(sa.select(c.chain_id, c.seq, c.digest)):
             heads.setdefault(int(chain), (int(seq), bytes(digest)))
-        trusted = trusted_signing_keys(connection, store._provider)
+        trusted = trusted_signing_keys(connection, parts.provider)
         keys = trusted.public
         chain_keys = {
             int(chain): int(key_id)
@@ -134,7 +136,8 @@ def take_anchor(store: SecureStore) -> Anchor:
             audit_anchors.update().where(audit_anchors.c.id == anchor_id).values(digest=digest)
         )
         events = sum(seq for _, seq, _ in listed)
-        store._record_event(
+        record_event(
+            store,
             "audit.anchor",
             connection=connection,
             detail=f"anchor {anchor_id}: {len(listed)} chains, {events} events"
@@ -159,8 +162,9 @@ def prune(store: SecureStore, before: int) -> PruneReport:
     digest, so what remains still verifies. A chain whose removed part does not verify is
     left whole and listed in ``refused``: pruning never erases evidence of tampering.
     """
-    database = store._db
-    signer = store._audit.signer()
+    parts = store_parts(store)
+    database = parts.database
+    signer = parts.audit.signer()
     e = audit_events.c
     with database.connect() as connection:
         chains = [
@@ -169,7 +173,7 @@ def prune(store: SecureStore, before: int) -> PruneReport:
                 sa.select(e.chain_id).where(e.occurred_at < before).group_by(e.chain_id).order_by(e.chain_id)
             )
         ]
-        keys = trusted_signing_keys(connection, store._provider).public
+        keys = trusted_signing_keys(connection, parts.provider).public
         chain_keys = {
             int(chain): int(key_id)
             for chain, key_id in connection.execute(
@@ -215,7 +219,8 @@ def prune(store: SecureStore, before: int) -> PruneReport:
                 sa.delete(audit_events).where(e.chain_id == chain, e.seq <= cut)
             ).rowcount
             cut_chains += 1
-    store._record_event(
+    record_event(
+        store,
         "audit.prune",
         detail=f"removed {removed} events older than {format_time(before)} from {cut_chains} chains"
         + (f"; refused {len(refused)} chains that do not verify" if refused else ""),

@@ -26,7 +26,7 @@ from secure_kv.settings import Settings, load_settings
 from secure_kv.sql.database import Database
 from secure_kv.sql.migrate import ensure_schema
 from secure_kv.sql.schema import audit_events, data_keys, records, workspaces
-from secure_kv.store import SecureStore
+from secure_kv.store.internals import open_store, record_event
 
 __all__ = ["audit_anchor", "audit_log", "audit_prune", "audit_report", "audit_verify", "format_event"]
 
@@ -60,8 +60,8 @@ def _record_admin(settings: Settings, provider: MasterKeyProvider | None, action
     if provider is None:
         log.warning("%s (%s) not recorded in the audit log: no master key to sign with", action, detail)
         return
-    with SecureStore._open_with(settings, provider, create_schema=False) as store:
-        store._record_event(action, detail=detail)
+    with open_store(settings, provider, create_schema=False) as store:
+        record_event(store, action, detail=detail)
 
 
 def _count(database: Database, table: sa.Table, where: Any = None) -> int:
@@ -246,7 +246,7 @@ def format_event(event: dict[str, Any]) -> str:
 def audit_anchor(*, settings: Settings | None = None, master_key: MasterKeyProvider | None = None) -> Anchor:
     """Record the heads of every chain and return the anchor to keep outside the database."""
     settings = settings if settings is not None else load_settings()
-    with SecureStore._open_with(settings, master_key, create_schema=False) as store:
+    with open_store(settings, master_key, create_schema=False) as store:
         return take_anchor(store)
 
 
@@ -255,5 +255,5 @@ def audit_prune(
 ) -> PruneReport:
     """Remove events older than ``before`` (µs since the epoch), leaving the rest verifiable."""
     settings = settings if settings is not None else load_settings()
-    with SecureStore._open_with(settings, master_key, create_schema=False) as store:
+    with open_store(settings, master_key, create_schema=False) as store:
         return prune(store, before)

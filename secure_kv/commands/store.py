@@ -35,6 +35,7 @@ from secure_kv.sql.database import Database, safe_url
 from secure_kv.sql.migrate import ensure_schema, head_revision, upgrade_schema
 from secure_kv.store import SecureStore
 from secure_kv.store.datakeys import check_master_key
+from secure_kv.store.internals import open_store, record_event, store_parts
 from secure_kv.validation import check_workspace_name
 
 __all__ = [
@@ -187,7 +188,7 @@ def demo(directory: str | os.PathLike[str] | None = None) -> DemoReport:
 def _open(settings: Settings | None, master_key: MasterKeyProvider | None) -> SecureStore:
     """The store for an admin command: an existing schema only (``init`` creates one)."""
     settings = settings if settings is not None else load_settings()
-    return SecureStore._open_with(settings, master_key, create_schema=False)
+    return open_store(settings, master_key, create_schema=False)
 
 
 def status(
@@ -253,13 +254,13 @@ def rotate_master(
             assert isinstance(keyring_provider, KeyringMasterKey)
             old = keyring_provider.current_key().kek_id
             new = keyring_provider.generate_new_key().kek_id
-            store._record_event("masterkey.generate", detail=f"new master key {new}; {old} kept as previous")
+            record_event(store, "masterkey.generate", detail=f"new master key {new}; {old} kept as previous")
         report = rotation.rotate_master(store, batch_size=batch_size, progress=progress)
         if retire_previous and report.complete:
             assert isinstance(keyring_provider, KeyringMasterKey)
             retired = [key.kek_id for key in keyring_provider.previous_keys()]
             keyring_provider.forget_previous_keys()
-            store._record_event("masterkey.retire", detail=f"deleted previous master keys {retired}")
+            record_event(store, "masterkey.retire", detail=f"deleted previous master keys {retired}")
         return report
 
 
@@ -282,16 +283,17 @@ def rotate_workspaces(
     with _open(settings, master_key) as store:
         one = workspaces[0] if workspaces is not None and len(workspaces) == 1 else None
         if one is not None:
-            inventory.check_workspace_exists(store._db, check_workspace_name(one), one)
+            inventory.check_workspace_exists(store_parts(store).database, check_workspace_name(one), one)
         # "started" and "interrupted" events let `status` tell a running rotation from an
         # interrupted one (see inventory.rotation_state).
-        store._record_event(ROTATION_EVENT, workspace=one, outcome="started")
+        record_event(store, ROTATION_EVENT, workspace=one, outcome="started")
         try:
             report = rotation.rotate_workspaces(store, workspaces, batch_size=batch_size, progress=progress)
         except KeyboardInterrupt:
             _record_interrupted(store, workspaces)
             raise
-        store._record_event(
+        record_event(
+            store,
             ROTATION_EVENT,
             outcome="ok" if not report.failed else "incomplete",
             detail=f"{len(report.rotations)} rotated ({report.records} records), {len(report.failed)} failed",
@@ -308,9 +310,9 @@ def _record_interrupted(store: SecureStore, names: list[str] | None) -> None:
     """
     try:
         wanted = None if names is None else {check_workspace_name(name) for name in names}
-        for name in inventory.workspaces_mid_rotation(store._db):
+        for name in inventory.workspaces_mid_rotation(store_parts(store).database):
             if wanted is None or name.encode("utf-8") in wanted:
-                store._record_event(ROTATION_EVENT, workspace=name, outcome="interrupted")
+                record_event(store, ROTATION_EVENT, workspace=name, outcome="interrupted")
     except Exception:  # never hide the interrupt behind a follow-up failure
         return
 
@@ -342,7 +344,7 @@ def purge(
         raise InvalidInputError("the batch size must be at least 1")
     with _open(settings, master_key) as store:
         report = erasure.purge(store, batch_size=batch_size, progress=progress)
-        store._record_event("admin.purge_complete", detail=f"deleted {report.deleted} expired entries")
+        record_event(store, "admin.purge_complete", detail=f"deleted {report.deleted} expired entries")
         return report
 
 
@@ -371,14 +373,17 @@ def get_value(
     with ``reveal``; the read is audited either way.
     """
     with _open(settings, master_key) as store:
-        inventory.check_workspace_exists(store._db, check_workspace_name(workspace), workspace)
+        inventory.check_workspace_exists(
+            store_parts(store).database, check_workspace_name(workspace), workspace
+        )
         found = store.workspace(workspace)._read(key)
         if found is None:
-            store._record_event("operator.get", workspace=workspace, key=key, outcome="missing")
+            record_event(store, "operator.get", workspace=workspace, key=key, outcome="missing")
             return None
         value, category = found
         masked = category is Category.TOKEN and not reveal
-        store._record_event(
+        record_event(
+            store,
             "operator.get",
             workspace=workspace,
             key=key,
@@ -403,8 +408,8 @@ def set_value(
     chosen = parse_category(category)
     with _open(settings, master_key) as store:
         store.workspace(workspace).set(key, value, category=chosen, ttl=ttl)
-        store._record_event(
-            "operator.set", workspace=workspace, key=key, category=chosen, detail="operator command"
+        record_event(
+            store, "operator.set", workspace=workspace, key=key, category=chosen, detail="operator command"
         )
 
 
@@ -413,11 +418,14 @@ def delete_value(
 ) -> bool:
     """Delete one entry; returns whether it existed (unexpired) before."""
     with _open(settings, master_key) as store:
-        inventory.check_workspace_exists(store._db, check_workspace_name(workspace), workspace)
+        inventory.check_workspace_exists(
+            store_parts(store).database, check_workspace_name(workspace), workspace
+        )
         handle = store.workspace(workspace)
         existed = handle.exist(key)
         handle.delete(key)
-        store._record_event(
+        record_event(
+            store,
             "operator.delete",
             workspace=workspace,
             key=key,
@@ -447,13 +455,13 @@ def list_keys(
         raise InvalidInputError("--limit must be at least 1")
     store = _open(settings, master_key)
     try:
-        inventory.check_workspace_exists(store._db, name, workspace)
-        store._record_event("operator.list", workspace=workspace, detail="operator command")
+        inventory.check_workspace_exists(store_parts(store).database, name, workspace)
+        record_event(store, "operator.list", workspace=workspace, detail="operator command")
     except BaseException:
         store.close()
         raise
     start = b"" if after is None else after.encode("utf-8")
-    return _closing(store, inventory.iter_keys(store._db, name, after=start, limit=limit))
+    return _closing(store, inventory.iter_keys(store_parts(store).database, name, after=start, limit=limit))
 
 
 def _closing(store: SecureStore, items: Iterator[inventory.KeyInfo]) -> Iterator[inventory.KeyInfo]:

@@ -36,13 +36,13 @@ from secure_kv.errors import (
     StorageError,
     UnsupportedVersionError,
 )
-from secure_kv.keys import MasterKeyProvider, provider_from_settings
+from secure_kv.keys import MasterKeyProvider
 from secure_kv.settings import Settings, load_settings
 from secure_kv.sql.database import Database, UndecodableTextError, safe_url
-from secure_kv.sql.migrate import ensure_schema
 from secure_kv.sql.statements import Statements
 from secure_kv.store import batches
-from secure_kv.store.datakeys import DataKeys, MissingDataKeyError, check_master_key
+from secure_kv.store.datakeys import DataKeys, MissingDataKeyError
+from secure_kv.store.internals import StoreParts, open_store, record_event
 from secure_kv.validation import Buffer, check_key, check_ttl, check_value, check_workspace_name
 
 __all__ = ["SecureStore", "Workspace"]
@@ -81,6 +81,9 @@ class SecureStore:
             max_age=settings.dek_cache_seconds,
             audit=self._audit,
         )
+        # The same parts again, as one object for admin code (store/internals.py); the
+        # attributes above stay for the hot path, which reads them on every call.
+        self._parts = StoreParts(database, provider, settings, self._sql, self._keys, self._audit)
         self._closed = False
 
     @classmethod
@@ -106,39 +109,7 @@ class SecureStore:
         if "database_url" in options:
             raise ConfigurationError("give the database URL as the first argument of SecureStore.open")
         settings = load_settings(database_url=url, **options)
-        return cls._open_with(settings, master_key)
-
-    @classmethod
-    def _open_with(
-        cls, settings: Settings, master_key: MasterKeyProvider | None = None, *, create_schema: bool = True
-    ) -> SecureStore:
-        """Open with settings already loaded (the admin commands). ``create_schema=False``
-        refuses a database without the schema instead of creating it.
-        """
-        provider = master_key if master_key is not None else provider_from_settings(settings)
-        provider.current_key()  # fail now, not on the first write, if the key is unavailable
-        database = Database(settings.database_url, settings, create=create_schema)
-        try:
-            ensure_schema(database, create=create_schema)
-            check_master_key(database, provider)
-        except MasterKeyError as error:
-            database.close()
-            # An authentication failure the audit log cannot record: without the right
-            # master key there is no signing key. Say it where operators look instead.
-            log.warning(
-                "authentication failure: master key %s refused for %s (actor %s): %s",
-                provider.current_key().kek_id,
-                safe_url(database.url),
-                settings.actor,
-                error,
-            )
-            raise
-        except BaseException:
-            database.close()
-            raise
-        store = cls(database, provider, settings)
-        store._audit.prepare()
-        return store
+        return open_store(settings, master_key)
 
     @classmethod
     def from_settings(cls, **options: Any) -> SecureStore:
@@ -189,39 +160,15 @@ class SecureStore:
         if self._closed:
             raise StorageError("the store is closed")
 
-    def _record_event(
-        self,
-        action: str,
-        *,
-        connection: Any = None,
-        workspace: str | None = None,
-        key: str | None = None,
-        category: Category | None = None,
-        dek_version: int | None = None,
-        outcome: str = "ok",
-        detail: str | None = None,
-    ) -> None:
-        """The audit hook every admin operation reports to (never with a value).
-
-        ``connection`` is the SQLAlchemy connection of the transaction making the change:
-        the event is written in that same transaction and commits or rolls back with it.
-        Without one, the event is written in a transaction of its own. Raises if the event
-        cannot be written, so an admin operation never goes unrecorded.
-        """
+    def _open_parts(self) -> StoreParts:
+        """Its parts, for admin code: read them through ``internals.store_parts``."""
         self._check_open()
-        event = self._audit.event(
-            action,
-            workspace=None if workspace is None else workspace.encode("utf-8"),
-            key=None if key is None else key.encode("utf-8"),
-            category=None if category is None else parse_category(category).value,
-            dek_version=dek_version,
-            outcome=outcome,
-            detail=detail,
-        )
-        if connection is None:
-            self._audit.record(event)
-        else:
-            self._audit.record_in(connection, event)
+        return self._parts
+
+    def _record_event(self, action: str, **fields: Any) -> None:
+        """Kept only until admin/rotation.py and admin/erasure.py call
+        ``internals.record_event`` (branch admin-phases); then delete it."""
+        record_event(self, action, **fields)
 
 
 class Workspace:
