@@ -35,6 +35,7 @@ from secure_kv.errors import InvalidInputError, StorageError
 from secure_kv.progress import NO_PROGRESS, Progress
 from secure_kv.sql import statements
 from secure_kv.store import SecureStore
+from secure_kv.store.internals import StoreParts, record_event, store_parts
 from secure_kv.validation import check_workspace_name
 
 log = logging.getLogger("secure_kv")
@@ -70,14 +71,15 @@ def shred(
     """
     started = time.monotonic()
     name = check_workspace_name(workspace)
-    workspace_id, up_to, destroyed = _destroy_data_keys(store, name, workspace)
-    store._keys.forget_workspace(name, workspace_id)
-    deletion = _Deletion(store, workspace, workspace_id, up_to, batch_size)
+    parts = store_parts(store)
+    workspace_id, up_to, destroyed = _destroy_data_keys(store, parts, name, workspace)
+    parts.data_keys.forget_workspace(name, workspace_id)
+    deletion = _Deletion(store, parts, workspace, workspace_id, up_to, batch_size)
     progress.start(deletion.count(), f"deleting the records of {workspace}")
     deletion.run(progress)
-    store._keys.forget_workspace(name, workspace_id)
-    if store._db.dialect_name == "sqlite":
-        _empty_sqlite_wal(store, workspace)
+    parts.data_keys.forget_workspace(name, workspace_id)
+    if parts.database.dialect_name == "sqlite":
+        _empty_sqlite_wal(parts, workspace)
     return ShredReport(
         workspace=workspace,
         destroyed_keys=destroyed,
@@ -88,18 +90,21 @@ def shred(
     )
 
 
-def _destroy_data_keys(store: SecureStore, name: bytes, workspace: str) -> tuple[int, int, int]:
+def _destroy_data_keys(
+    store: SecureStore, parts: StoreParts, name: bytes, workspace: str
+) -> tuple[int, int, int]:
     """Step 1: destroy the material of every data key up to the current version and record
     "admin.shred", in one transaction. The workspace row is locked first, so no key version
     is made current while the keys are destroyed. Returns (workspace id, highest version
     destroyed, keys destroyed)."""
-    with store._db.connect(lock=True) as connection, connection.begin():
+    with parts.database.connect(lock=True) as connection, connection.begin():
         row = connection.execute(statements.select_workspace(name, lock=True)).first()
         if row is None:
             raise InvalidInputError(f"no workspace named {workspace!r} in this store")
         workspace_id, up_to = int(row[0]), int(row[1])
         destroyed = connection.execute(statements.destroy_data_keys(workspace_id, up_to)).rowcount
-        store._record_event(
+        record_event(
+            store,
             "admin.shred",
             connection=connection,
             workspace=workspace,
@@ -114,10 +119,16 @@ class _Deletion:
     rows, once no record names them."""
 
     def __init__(
-        self, store: SecureStore, workspace: str, workspace_id: int, up_to: int, batch_size: int
+        self,
+        store: SecureStore,
+        parts: StoreParts,
+        workspace: str,
+        workspace_id: int,
+        up_to: int,
+        batch_size: int,
     ) -> None:
         self.store = store
-        self.database = store._db
+        self.database = parts.database
         self.workspace = workspace
         self.workspace_id = workspace_id
         self.up_to = up_to
@@ -185,7 +196,8 @@ class _Deletion:
         count = connection.execute(statements.delete_records_through(workspace_id, up_to)).rowcount
         self.deleted_keys = connection.execute(statements.delete_data_keys(workspace_id, up_to)).rowcount
         self.deleted += count
-        self.store._record_event(
+        record_event(
+            self.store,
             "admin.shred_complete",
             connection=connection,
             workspace=self.workspace,
@@ -195,11 +207,11 @@ class _Deletion:
         return True
 
 
-def _empty_sqlite_wal(store: SecureStore, workspace: str) -> None:
+def _empty_sqlite_wal(parts: StoreParts, workspace: str) -> None:
     """The WAL still holds earlier images of the pages with the wrapped keys: copy the
     current pages back and empty it, so no file in the directory keeps them (or warn that
     another connection kept it busy)."""
-    if store._db.truncate_sqlite_wal():
+    if parts.database.truncate_sqlite_wal():
         log.warning(
             "shred of workspace %r: another connection kept the SQLite WAL busy, so it still "
             "holds old copies of the destroyed keys until its next checkpoint; close the "
@@ -228,10 +240,11 @@ def purge(
     """
     started = time.monotonic()
     now = now_micros()
-    with store._db.connect() as connection, connection.begin():
+    parts = store_parts(store)
+    with parts.database.connect() as connection, connection.begin():
         total = connection.execute(statements.count_expired(now)).scalar_one()
     progress.start(total, "deleting expired entries")
-    per_workspace = _delete_expired(store, now, batch_size, progress)
+    per_workspace = _delete_expired(store, parts, now, batch_size, progress)
     return PurgeReport(
         deleted=sum(per_workspace.values()),
         workspaces=dict(per_workspace),
@@ -239,7 +252,9 @@ def purge(
     )
 
 
-def _delete_expired(store: SecureStore, now: int, batch_size: int, progress: Progress) -> Counter[str]:
+def _delete_expired(
+    store: SecureStore, parts: StoreParts, now: int, batch_size: int, progress: Progress
+) -> Counter[str]:
     """The entries expired at ``now``, a page per transaction (progress after each commit,
     so an interrupted purge has deleted whole pages); the count deleted per workspace.
 
@@ -247,10 +262,10 @@ def _delete_expired(store: SecureStore, now: int, batch_size: int, progress: Pro
     others take the first page of the expiry index each time (see
     :func:`statements.select_expired`).
     """
-    walk_primary_key = store._db.dialect_name == "mysql"
+    walk_primary_key = parts.database.dialect_name == "mysql"
     per_workspace: Counter[str] = Counter()
     after: tuple[int, bytes] = (-1, b"")
-    with store._db.connect(lock=True) as connection:
+    with parts.database.connect(lock=True) as connection:
         while True:
             with connection.begin():
                 query = statements.select_expired(now, batch_size, after=after if walk_primary_key else None)
@@ -276,7 +291,8 @@ def _delete_page(
         count = connection.execute(statements.delete_expired(workspace_id, keys, now)).rowcount
         if count:
             per_workspace[shown] += count
-            store._record_event(
+            record_event(
+                store,
                 "admin.purge",
                 connection=connection,
                 workspace=shown,

@@ -57,6 +57,7 @@ from secure_kv.progress import NO_PROGRESS, Progress
 from secure_kv.sql import statements
 from secure_kv.store import SecureStore
 from secure_kv.store.datakeys import MissingDataKeyError
+from secure_kv.store.internals import StoreParts, record_event, store_parts
 from secure_kv.validation import check_workspace_name
 
 __all__ = [
@@ -144,13 +145,14 @@ def rotate_master(
     are reported in ``failed`` and left as they are; the rest are rewrapped. Idempotent.
     """
     started = time.monotonic()
-    current = store._provider.current_key()
-    with store._db.connect(lock=True) as connection:
+    parts = store_parts(store)
+    current = parts.provider.current_key()
+    with parts.database.connect(lock=True) as connection:
         total, already = _count_data_keys(connection, current.kek_id)
         progress.start(total, f"rewrapping data keys under master key {current.kek_id}")
-        rewrap = _Rewrap(store, connection, current)
+        rewrap = _Rewrap(store, parts, connection, current)
         rewrap.run(batch_size, progress)
-        signing = _replace_signing_keys(store, connection)
+        signing = _replace_signing_keys(parts, connection)
         remaining, signing_remaining = _count_remaining(connection, current.kek_id)
     report = MasterRotation(
         kek_id=current.kek_id,
@@ -184,12 +186,14 @@ class _Rewrap:
     still under other keys.
     """
 
-    def __init__(self, store: SecureStore, connection: sa.Connection, current: MasterKey) -> None:
+    def __init__(
+        self, store: SecureStore, parts: StoreParts, connection: sa.Connection, current: MasterKey
+    ) -> None:
         self.store = store
         self.connection = connection
-        self.provider = store._provider
+        self.provider = parts.provider
         self.current = current
-        self.update = statements.rewrap_data_key(store._db.engine.dialect)
+        self.update = statements.rewrap_data_key(parts.database.engine.dialect)
         self.rewrapped = 0
         self.failures: list[DataKeyFailure] = []
 
@@ -220,7 +224,8 @@ class _Rewrap:
         changed = self.update.run(connection, new_kek, new_wrapped, workspace_id, version, kek_id, wrapped)
         if changed:  # else shredded, retired or rewrapped meanwhile: nothing to do
             self.rewrapped += 1
-            self.store._record_event(
+            record_event(
+                self.store,
                 "datakey.rewrap",
                 connection=self.connection,
                 workspace=name.decode("utf-8", "replace"),
@@ -244,7 +249,7 @@ class _Rewrap:
             return None
 
 
-def _replace_signing_keys(store: SecureStore, connection: sa.Connection) -> SigningKeyReplacement:
+def _replace_signing_keys(parts: StoreParts, connection: sa.Connection) -> SigningKeyReplacement:
     """Replace the audit log's signing keys instead of rewrapping them.
 
     Whoever holds a leaked old master key and any copy of the database has unwrapped their
@@ -253,8 +258,8 @@ def _replace_signing_keys(store: SecureStore, connection: sa.Connection) -> Sign
     key) to verify old events.
     """
     with connection.begin():
-        signing = replace_signing_keys(connection, store._provider, now_micros())
-    store._audit.signing_keys_replaced()
+        signing = replace_signing_keys(connection, parts.provider, now_micros())
+    parts.audit.signing_keys_replaced()
     return signing
 
 
@@ -274,7 +279,8 @@ def _count_remaining(connection: sa.Connection, kek_id: str) -> tuple[dict[str, 
 def _record_master_rotation(store: SecureStore, report: MasterRotation) -> None:
     """The "admin.rotate_master" event: one line an auditor reads to know whether every key
     moved ("ok") or the rotation must run again ("incomplete")."""
-    store._record_event(
+    record_event(
+        store,
         "admin.rotate_master",
         dek_version=None,
         outcome="ok" if report.complete else "incomplete",
@@ -329,20 +335,26 @@ class _Reencryption:
     """Moves one workspace's records from older data-key versions to ``target``."""
 
     def __init__(
-        self, store: SecureStore, state: _WorkspaceState, name: bytes, target: DataKey, batch_size: int
+        self,
+        store: SecureStore,
+        parts: StoreParts,
+        state: _WorkspaceState,
+        name: bytes,
+        target: DataKey,
+        batch_size: int,
     ) -> None:
         self.store = store
-        self.database = store._db
-        self.keys = store._keys
+        self.database = parts.database
+        self.keys = parts.data_keys
         self.workspace_id = state.workspace_id
         self.name = name
         self.target = target
         self.batch_size = batch_size
         self.resealed = 0
-        dialect = store._db.engine.dialect
+        dialect = parts.database.engine.dialect
         self.update = statements.reseal_record(dialect, HEADER_BYTES)
         self.select = statements.select_records_to_reseal(dialect, INLINE_VALUE_BYTES)
-        self.as_bytes = store._db.dialect_name == "mysql"  # PyMySQL cannot send a bytearray
+        self.as_bytes = parts.database.dialect_name == "mysql"  # PyMySQL cannot send a bytearray
         self.old_keys: dict[int, DataKey] = {}
         self.context = record_contexts(name)
 
@@ -440,7 +452,8 @@ class _Reencryption:
         retired = connection.execute(statements.select_data_key_versions(self.workspace_id, through))
         versions = [int(v) for v in retired.scalars()]
         connection.execute(statements.delete_data_keys(self.workspace_id, through))
-        self.store._record_event(
+        record_event(
+            self.store,
             "datakey.retire",
             connection=connection,
             workspace=self.name.decode("utf-8", "replace"),
@@ -466,15 +479,16 @@ def rotate_workspace(
     """
     started = time.monotonic()
     name = check_workspace_name(workspace)
-    state = _rotatable_state(store, name, workspace)
+    parts = store_parts(store)
+    state = _rotatable_state(parts, name, workspace)
     if not state.live_versions:
         return WorkspaceRotation(workspace, (), None, False, 0, time.monotonic() - started)
-    target, resumed = _target(store, state, name, workspace)
-    store._keys.forget_current(name)  # this process writes under the new key at once
-    moved_before, retiring = _moved_and_retiring(store, state, target.version)
+    target, resumed = _target(parts, state, name, workspace)
+    parts.data_keys.forget_current(name)  # this process writes under the new key at once
+    moved_before, retiring = _moved_and_retiring(parts, state, target.version)
     progress.describe(f"re-encrypting {workspace}")
     progress.advance(moved_before)  # records an interrupted run (or new writes) already moved
-    job = _Reencryption(store, state, name, target, batch_size)
+    job = _Reencryption(store, parts, state, name, target, batch_size)
     _reencrypt(store, job, workspace, retiring, progress)
     return WorkspaceRotation(
         workspace=workspace,
@@ -486,10 +500,10 @@ def rotate_workspace(
     )
 
 
-def _rotatable_state(store: SecureStore, name: bytes, workspace: str) -> _WorkspaceState:
+def _rotatable_state(parts: StoreParts, name: bytes, workspace: str) -> _WorkspaceState:
     """The workspace's data-key versions. Refuses a workspace that does not exist, and one
     a shred has begun on: a new key would outlive the shred, which must finish first."""
-    with store._db.connect() as connection, connection.begin():
+    with parts.database.connect() as connection, connection.begin():
         state = _workspace_state(connection, name)
     if state is None:
         raise InvalidInputError(f"no workspace named {workspace!r} in this store")
@@ -498,24 +512,24 @@ def _rotatable_state(store: SecureStore, name: bytes, workspace: str) -> _Worksp
     return state
 
 
-def _target(store: SecureStore, state: _WorkspaceState, name: bytes, workspace: str) -> tuple[DataKey, bool]:
+def _target(parts: StoreParts, state: _WorkspaceState, name: bytes, workspace: str) -> tuple[DataKey, bool]:
     """The data key to re-encrypt under, and whether it resumes an interrupted rotation:
     one whose newest version is live while older live versions remain, so a rerun after a
     crash finishes that rotation instead of starting yet another version."""
     resumed = state.last_version in state.live_versions and state.live_versions[0] < state.last_version
-    target = _fresh_target(store, state, name, workspace, resume=resumed)
+    target = _fresh_target(parts, state, name, workspace, resume=resumed)
     if target is None:
         raise _being_shredded(name)
     return target, resumed and target.version == state.last_version
 
 
 def _moved_and_retiring(
-    store: SecureStore, state: _WorkspaceState, target_version: int
+    parts: StoreParts, state: _WorkspaceState, target_version: int
 ) -> tuple[int, tuple[int, ...]]:
     """(records already under the target version, the older versions to retire), in one
     snapshot: the first starts the progress bar where an interrupted run (or new writes)
     left it, the second goes in the report."""
-    with store._db.connect() as connection, connection.begin():
+    with parts.database.connect() as connection, connection.begin():
         moved = connection.execute(
             statements.count_records_from_version(state.workspace_id, target_version)
         ).scalar_one()
@@ -546,7 +560,7 @@ def _reencrypt(
 
 
 def _fresh_target(
-    store: SecureStore, state: _WorkspaceState, name: bytes, workspace: str, *, resume: bool
+    parts: StoreParts, state: _WorkspaceState, name: bytes, workspace: str, *, resume: bool
 ) -> DataKey | None:
     """The data key to re-encrypt under: one created under the current master key.
 
@@ -555,13 +569,13 @@ def _fresh_target(
     someone holding a previous master key) is never adopted: a fresh version is created.
     ``None`` if the workspace is being shredded.
     """
-    keys = store._keys
+    keys = parts.data_keys
     if resume:
         found = keys.version(state.workspace_id, name, state.last_version)
         if found is None or keys.writable(found):
             return found
     for _ in range(_MAX_TARGET_ATTEMPTS):
-        version = _create_version(store, state, name, workspace)
+        version = _create_version(parts, state, name)
         found = keys.version(state.workspace_id, name, version)
         if found is None or keys.writable(found):
             return found
@@ -572,12 +586,12 @@ def _fresh_target(
     )
 
 
-def _create_version(store: SecureStore, state: _WorkspaceState, name: bytes, workspace: str) -> int:
+def _create_version(parts: StoreParts, state: _WorkspaceState, name: bytes) -> int:
     """Create the next data-key version and make it current; return the current version."""
     version = state.last_version + 1
     # Records its own "datakey.create" audit event, in the transaction that creates the key.
-    store._keys.create_version(state.workspace_id, name, version)
-    with store._db.connect() as connection:
+    parts.data_keys.create_version(state.workspace_id, name, version)
+    with parts.database.connect() as connection:
         with connection.begin():
             current = connection.execute(statements.select_last_dek_version(state.workspace_id)).scalar_one()
     return int(current)
@@ -609,7 +623,7 @@ def rotate_workspaces(
     A workspace that fails is reported and the others go on.
     """
     started = time.monotonic()
-    names, total = _workspaces_to_rotate(store, names)
+    names, total = _workspaces_to_rotate(store_parts(store), names)
     progress.start(total, "re-encrypting records")
     rotations: list[WorkspaceRotation] = []
     failed: list[tuple[str, str]] = []
@@ -621,10 +635,10 @@ def rotate_workspaces(
     return WorkspaceRotations(tuple(rotations), tuple(failed), time.monotonic() - started)
 
 
-def _workspaces_to_rotate(store: SecureStore, names: Sequence[str] | None) -> tuple[Sequence[str], int]:
+def _workspaces_to_rotate(parts: StoreParts, names: Sequence[str] | None) -> tuple[Sequence[str], int]:
     """The workspaces to rotate (``names``, or every one with a data key) and how many
     records they hold: one progress bar's total over all of them."""
-    with store._db.connect() as connection, connection.begin():
+    with parts.database.connect() as connection, connection.begin():
         if names is None:
             rows = connection.execute(statements.select_workspace_names_with_data_keys()).scalars()
             names = [bytes(raw).decode("utf-8", "replace") for raw in rows]
