@@ -7,16 +7,17 @@ how many records each still covers, rotations due or under way. :func:`iter_keys
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
 from secure_kv._clock import format_time, now_micros
 from secure_kv.errors import InvalidInputError
+from secure_kv.sql import statements
 from secure_kv.sql.database import Database, safe_url
 from secure_kv.sql.migrate import current_revision
-from secure_kv.sql.schema import audit_events, data_keys, records, workspaces
 
 __all__ = [
     "DataKeyStatus",
@@ -29,7 +30,6 @@ __all__ = [
     "workspaces_mid_rotation",
 ]
 
-_d, _r, _w, _e = data_keys.c, records.c, workspaces.c, audit_events.c
 _MICROS_PER_DAY = 86_400 * 1_000_000
 _LIST_BATCH = 1000
 
@@ -189,38 +189,11 @@ def store_status(
     """
     with database.connect() as connection, connection.begin():
         revision = current_revision(connection)
-        names = connection.execute(sa.select(_w.id, _w.name, _w.last_dek_version).order_by(_w.name)).all()
-        keys = connection.execute(
-            sa.select(_d.workspace_id, _d.version, _d.kek_id, _d.created_at, _d.wrapped.is_(None)).order_by(
-                _d.workspace_id, _d.version
-            )
-        ).all()
-        counts = {
-            (int(workspace_id), int(version)): int(count)
-            for workspace_id, version, count in connection.execute(
-                sa.select(_r.workspace_id, _r.dek_version, sa.func.count()).group_by(
-                    _r.workspace_id, _r.dek_version
-                )
-            ).all()
-        }
-    by_workspace: dict[int, list[DataKeyStatus]] = {}
-    for workspace_id, version, kek, created_at, destroyed in keys:
-        by_workspace.setdefault(int(workspace_id), []).append(
-            DataKeyStatus(
-                version=int(version),
-                kek_id=str(kek),
-                created_at=int(created_at),
-                records=counts.get((int(workspace_id), int(version)), 0),
-                destroyed=bool(destroyed),
-            )
-        )
+        names = connection.execute(statements.select_workspaces()).all()
+        by_workspace = _data_keys_by_workspace(connection)
     outcomes: dict[str, str] = {}
     if rotation_events is not None:
-        unfinished = [
-            (bytes(name), min(k.created_at for k in by_workspace[int(workspace_id)] if not k.destroyed))
-            for workspace_id, name, _ in names
-            if sum(not key.destroyed for key in by_workspace.get(int(workspace_id), ())) > 1
-        ]
+        unfinished = _unfinished_rotations(names, by_workspace)
         if unfinished:
             outcomes = _rotation_outcomes(database, rotation_events, unfinished)
     return StoreStatus(
@@ -243,6 +216,40 @@ def store_status(
     )
 
 
+def _data_keys_by_workspace(connection: sa.Connection) -> dict[int, list[DataKeyStatus]]:
+    """Every data key with the number of records it seals, by workspace id, oldest version
+    first (two queries, in the caller's snapshot)."""
+    keys = connection.execute(statements.select_all_data_keys()).all()
+    counts = {
+        (int(workspace_id), int(version)): int(count)
+        for workspace_id, version, count in connection.execute(statements.count_records_by_data_key()).all()
+    }
+    by_workspace: dict[int, list[DataKeyStatus]] = {}
+    for workspace_id, version, kek, created_at, destroyed in keys:
+        by_workspace.setdefault(int(workspace_id), []).append(
+            DataKeyStatus(
+                version=int(version),
+                kek_id=str(kek),
+                created_at=int(created_at),
+                records=counts.get((int(workspace_id), int(version)), 0),
+                destroyed=bool(destroyed),
+            )
+        )
+    return by_workspace
+
+
+def _unfinished_rotations(
+    names: Sequence[Any], by_workspace: dict[int, list[DataKeyStatus]]
+) -> list[tuple[bytes, int]]:
+    """(name, its oldest live data key's time) of each workspace with more than one live
+    data key: a rotation not finished, whose events tell running from interrupted."""
+    return [
+        (bytes(name), min(k.created_at for k in by_workspace[int(workspace_id)] if not k.destroyed))
+        for workspace_id, name, _ in names
+        if sum(not key.destroyed for key in by_workspace.get(int(workspace_id), ())) > 1
+    ]
+
+
 def _rotation_outcomes(
     database: Database, action: str, unfinished: list[tuple[bytes, int]]
 ) -> dict[str, str]:
@@ -253,16 +260,7 @@ def _rotation_outcomes(
     found: dict[str, str] = {}
     with database.connect() as connection, connection.begin():
         for name, since in unfinished:
-            outcome = connection.execute(
-                sa.select(_e.outcome)
-                .where(
-                    _e.action == action,
-                    sa.or_(_e.workspace == name, _e.workspace.is_(None)),
-                    _e.occurred_at >= since,
-                )
-                .order_by(_e.occurred_at.desc(), _e.seq.desc())
-                .limit(1)
-            ).scalar()
+            outcome = connection.execute(statements.select_newest_outcome(action, name, since)).scalar()
             if outcome is not None:
                 found[name.decode("utf-8", "replace")] = str(outcome)
     return found
@@ -271,20 +269,14 @@ def _rotation_outcomes(
 def workspaces_mid_rotation(database: Database) -> list[str]:
     """Workspaces with more than one live data key: a rotation not finished."""
     with database.connect() as connection, connection.begin():
-        rows = connection.execute(
-            sa.select(_w.name)
-            .join(data_keys, _d.workspace_id == _w.id)
-            .where(_d.wrapped.is_not(None))
-            .group_by(_w.id, _w.name)
-            .having(sa.func.count() > 1)
-        ).scalars()
+        rows = connection.execute(statements.select_workspace_names_mid_rotation()).scalars()
         return [bytes(name).decode("utf-8", "replace") for name in rows]
 
 
 def check_workspace_exists(database: Database, name: bytes, shown_name: str) -> None:
     """Raise :class:`InvalidInputError` ("no workspace named ...") unless it exists."""
     with database.connect() as connection, connection.begin():
-        found = connection.execute(sa.select(_w.id).where(_w.name == name)).scalar()
+        found = connection.execute(statements.select_workspace_id(name)).scalar()
     if found is None:
         raise InvalidInputError(f"no workspace named {shown_name!r} in this store")
 
@@ -325,27 +317,14 @@ def iter_keys(
     """
     with database.connect() as connection:
         with connection.begin():
-            workspace_id = connection.execute(sa.select(_w.id).where(_w.name == workspace)).scalar()
+            workspace_id = connection.execute(statements.select_workspace_id(workspace)).scalar()
         if workspace_id is None:
             return
         left = limit
         while left is None or left > 0:
             batch = _LIST_BATCH if left is None else min(_LIST_BATCH, left)
             with connection.begin():
-                rows = connection.execute(
-                    sa.select(
-                        _r.record_key,
-                        _r.category,
-                        _r.created_at,
-                        _r.updated_at,
-                        _r.expires_at,
-                        _r.dek_version,
-                        sa.func.length(_r.value),
-                    )
-                    .where(_r.workspace_id == workspace_id, _r.record_key > after)
-                    .order_by(_r.record_key)
-                    .limit(batch)
-                ).all()
+                rows = connection.execute(statements.select_record_metadata(workspace_id, after, batch)).all()
             for key, category, created_at, updated_at, expires_at, version, size in rows:
                 yield KeyInfo(
                     key=bytes(key).decode("utf-8", "replace"),

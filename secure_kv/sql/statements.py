@@ -3,7 +3,7 @@
 The hot path's statements (:class:`Statements`, :class:`AuditStatements`) are compiled once
 per dialect and run on DBAPI cursors: at run time the compiled string goes straight to the
 driver, skipping the per-execution machinery that costs more than the encryption itself.
-The administrative work of ``secure_kv.admin`` (rotation, shred, purge) runs rarely: its
+The administrative work of ``secure_kv.admin`` (rotation, shred, purge, status) runs rarely: its
 statements are named builders returning SQLAlchemy Core clauses, run on a Connection, except
 for a rotation's per-record ones, compiled like the hot path's.
 
@@ -46,6 +46,7 @@ __all__ = [
     "count_data_keys_wrapped_by",
     "count_expired",
     "count_records",
+    "count_records_by_data_key",
     "count_records_from_version",
     "count_records_in_workspaces",
     "count_records_through",
@@ -59,16 +60,22 @@ __all__ = [
     "lock_data_keys",
     "reseal_record",
     "rewrap_data_key",
+    "select_all_data_keys",
     "select_data_key_states",
     "select_data_key_versions",
     "select_data_keys_to_rewrap",
     "select_expired",
     "select_last_dek_version",
+    "select_newest_outcome",
     "select_page_end",
+    "select_record_metadata",
     "select_record_to_reseal",
     "select_records_to_reseal",
     "select_workspace",
+    "select_workspace_id",
+    "select_workspace_names_mid_rotation",
     "select_workspace_names_with_data_keys",
+    "select_workspaces",
     "upsert",
 ]
 
@@ -780,3 +787,81 @@ def delete_expired(workspace_id: int, keys: Sequence[bytes], now: int) -> sa.Del
     new expiry meanwhile stays)."""
     r = records.c
     return sa.delete(records).where(r.workspace_id == workspace_id, r.record_key.in_(keys), _expired(now))
+
+
+# --- inventory: `secure-kv status` and `secure-kv list` (secure_kv.admin.inventory) -------
+
+
+def select_workspaces() -> sa.Select[Any]:
+    """(id, name, last_dek_version) of every workspace, in name order."""
+    w = workspaces.c
+    return sa.select(w.id, w.name, w.last_dek_version).order_by(w.name)
+
+
+def select_all_data_keys() -> sa.Select[Any]:
+    """(workspace_id, version, kek_id, created_at, destroyed) of every data-key row, in
+    (workspace, version) order."""
+    d = data_keys.c
+    return sa.select(d.workspace_id, d.version, d.kek_id, d.created_at, d.wrapped.is_(None)).order_by(
+        d.workspace_id, d.version
+    )
+
+
+def count_records_by_data_key() -> sa.Select[Any]:
+    """(workspace_id, dek_version, count): how many records each data key seals."""
+    r = records.c
+    return sa.select(r.workspace_id, r.dek_version, sa.func.count()).group_by(r.workspace_id, r.dek_version)
+
+
+def select_newest_outcome(action: str, workspace: bytes, since: int) -> sa.Select[Any]:
+    """The outcome of the newest ``action`` event since ``since`` about ``workspace`` or
+    about every workspace (no workspace named)."""
+    e = audit_events.c
+    return (
+        sa.select(e.outcome)
+        .where(
+            e.action == action,
+            sa.or_(e.workspace == workspace, e.workspace.is_(None)),
+            e.occurred_at >= since,
+        )
+        .order_by(e.occurred_at.desc(), e.seq.desc())
+        .limit(1)
+    )
+
+
+def select_workspace_names_mid_rotation() -> sa.Select[Any]:
+    """The names of the workspaces with more than one live data key."""
+    d, w = data_keys.c, workspaces.c
+    return (
+        sa.select(w.name)
+        .join(data_keys, d.workspace_id == w.id)
+        .where(d.wrapped.is_not(None))
+        .group_by(w.id, w.name)
+        .having(sa.func.count() > 1)
+    )
+
+
+def select_workspace_id(name: bytes) -> sa.Select[Any]:
+    """The id of the workspace ``name``."""
+    w = workspaces.c
+    return sa.select(w.id).where(w.name == name)
+
+
+def select_record_metadata(workspace_id: int, after: bytes, limit: int) -> sa.Select[Any]:
+    """(key, category, created_at, updated_at, expires_at, dek_version, sealed size) of up
+    to ``limit`` records of the workspace after key ``after``, in key order: never a value."""
+    r = records.c
+    return (
+        sa.select(
+            r.record_key,
+            r.category,
+            r.created_at,
+            r.updated_at,
+            r.expires_at,
+            r.dek_version,
+            sa.func.length(r.value),
+        )
+        .where(r.workspace_id == workspace_id, r.record_key > after)
+        .order_by(r.record_key)
+        .limit(limit)
+    )
