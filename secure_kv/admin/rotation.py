@@ -170,8 +170,9 @@ def rotate_master(
 
 
 def _count_data_keys(connection: sa.Connection, kek_id: str) -> tuple[int, int]:
-    """(to rewrap, already under ``kek_id``): the live data keys, counted in one snapshot
-    before any is rewrapped, so the progress bar's total and the report agree."""
+    """(to rewrap, already under ``kek_id``): the live data keys, counted in one
+    transaction before any is rewrapped: the progress bar's total and the report's
+    ``already_current``."""
     with connection.begin():
         total = connection.execute(statements.count_data_keys_to_rewrap(kek_id)).scalar_one()
         already = connection.execute(statements.count_data_keys_wrapped_by(kek_id)).scalar_one()
