@@ -20,12 +20,11 @@ from secure_kv.errors import AuthenticationError, InvalidInputError, MasterKeyEr
 from secure_kv.keys import StaticMasterKey
 from secure_kv.sql.schema import records
 from secure_kv.store.datakeys import MissingDataKeyError
+from tests.bulk import default_value, fill_workspace, record_name
+from tests.conftest import make_database_url
+from tests.dbstate import key_rows, last_version, new_key, record_times, record_versions
 
-from .bulk import default_value, fill_workspace, record_name
-from .conftest import make_database_url
-from .dbstate import key_rows, last_version, new_key, record_times, record_versions
-
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # --- master key -------------------------------------------------------------------------
