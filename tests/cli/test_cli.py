@@ -17,9 +17,8 @@ from secure_kv import SecureStore
 from secure_kv.cli import main
 from secure_kv.keys.base import parse_master_key
 from secure_kv.keys.env import forget_environment_keys
-
-from .dbstate import new_key
-from .keyring_backend import MemoryKeyring
+from tests.dbstate import new_key
+from tests.keyring_backend import MemoryKeyring
 
 
 def test_keygen_prints_a_usable_key() -> None:

@@ -16,9 +16,10 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from secure_kv import Category, SecureStore
-from secure_kv._env_keys import environment_keys, forget_environment_keys
+from secure_kv._env_keys import environment_keys
 from secure_kv.cli import main
 from secure_kv.keys.base import generate_master_key, parse_master_key
+from secure_kv.keys.env import forget_environment_keys
 
 SECRETS = {"openai": b"sk-cli-test-token-0123456789abcdef", "github": b"not-a-pref-but-secret-value-42"}
 

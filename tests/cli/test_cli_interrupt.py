@@ -17,8 +17,7 @@ from secure_kv import SecureStore
 from secure_kv.cli import main
 from secure_kv.keys import EnvMasterKey
 from secure_kv.keys.base import generate_master_key
-
-from .terminal import cli_env, run_at_terminal
+from tests.terminal import cli_env, run_at_terminal
 
 RECORDS = 30_000
 STARTED = re.compile(rb"[1-9][\d,]*/30,000 records")

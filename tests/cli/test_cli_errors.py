@@ -18,8 +18,7 @@ from secure_kv import SecureStore
 from secure_kv.cli import main
 from secure_kv.keys import EnvMasterKey
 from secure_kv.keys.base import generate_master_key
-
-from .terminal import cli_env
+from tests.terminal import cli_env
 
 
 def _run(
