@@ -36,7 +36,6 @@ from secure_kv import _fork
 from secure_kv._clock import now_micros
 from secure_kv.audit.events import Event, event_digest, genesis_digest
 from secure_kv.audit.signing_keys import SigningKey, load_signing_key
-from secure_kv.envelope import HEADER_BYTES
 from secure_kv.errors import StorageError
 from secure_kv.keys.base import MasterKeyProvider
 from secure_kv.settings import AuditWrites, Settings
@@ -134,7 +133,7 @@ class AuditLog:
         self._provider = provider
         self.actor = settings.actor[:255]
         self.audit_all_writes = settings.audit_writes is AuditWrites.ALL
-        self.statements = AuditStatements(database.engine.dialect, database.dialect_name, HEADER_BYTES)
+        self.statements = AuditStatements(database.engine.dialect, database.dialect_name)
         self._begin_sql = "BEGIN IMMEDIATE" if database.dialect_name == "sqlite" else "BEGIN"
         self._signer: SigningKey | None = None
         self._lock = threading.Lock()

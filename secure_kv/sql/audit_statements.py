@@ -20,6 +20,7 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Dialect
 
 from secure_kv.categories import Category
+from secure_kv.envelope import HEADER_BYTES
 from secure_kv.sql.schema import audit_events, records
 from secure_kv.sql.statements import RECORD_COLUMNS, Statement
 
@@ -47,13 +48,9 @@ _TOKEN_SQL: Any = sa.literal_column(f"'{TOKEN}'")
 
 
 class AuditStatements:
-    """Statements for audited writes, reads and deletes on one dialect.
+    """Statements for audited writes, reads and deletes on one dialect."""
 
-    ``header_bytes`` is the length of a sealed value's header (``envelope.HEADER_BYTES``),
-    given by the caller so that this package knows no byte layout.
-    """
-
-    def __init__(self, dialect: Dialect, dialect_name: str, header_bytes: int) -> None:
+    def __init__(self, dialect: Dialect, dialect_name: str) -> None:
         def compile_(clause: Any, *params: str) -> Statement:
             return Statement(clause, dialect, params)
 
@@ -75,7 +72,7 @@ class AuditStatements:
             r.record_key == sa.bindparam("match_key"),
             r.category == _TOKEN_SQL,
             r.dek_version == sa.bindparam("match_version"),
-            sa.func.substr(r.value, sa.literal_column("1"), sa.literal_column(str(int(header_bytes))))
+            sa.func.substr(r.value, sa.literal_column("1"), sa.literal_column(str(HEADER_BYTES)))
             == sa.bindparam("header"),
         )
         self.insert_read_event = compile_(
