@@ -30,6 +30,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check secure_kv tests bench examples .ci scripts conftest.py
 	$(BIN)/ruff format --check secure_kv tests bench examples .ci scripts conftest.py
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -1,4 +1,4 @@
-"""The ``secure-kv audit`` operations as plain functions (cli.py is a thin layer over them).
+"""The ``secure-kv audit`` operations as plain functions (``secure_kv.cli`` is a thin layer over them).
 
 Reports, logs and anchors need no master key; what they do is recorded in the audit log
 when a master key is at hand to sign with, and logged otherwise.

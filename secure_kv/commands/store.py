@@ -1,10 +1,10 @@
-"""Admin operations as plain typed functions; ``cli.py`` is a thin layer over them.
+"""Admin operations as plain typed functions; ``secure_kv.cli`` is a thin layer over them.
 
 Everything the CLI does is scriptable from Python and testable without a subprocess. Each
 function takes the settings (``None``: read ``SECURE_KV_*``) and optionally a master-key
 provider (``None``: the one the settings name), opens the store, does one job, reports it
-to the audit hook, and closes the store. The work itself lives in ``rotation.py``,
-``erasure.py`` and ``inventory.py``.
+to the audit hook, and closes the store. The work itself lives in ``admin/``
+(``rotation.py``, ``erasure.py``, ``inventory.py``).
 """
 
 from __future__ import annotations
@@ -295,7 +295,7 @@ def shred(
     batch_size: int = erasure.DEFAULT_BATCH_RECORDS,
     progress: Progress = NO_PROGRESS,
 ) -> erasure.ShredReport:
-    """Crypto-shred ``workspace`` (see ``erasure.py``): irreversible."""
+    """Crypto-shred ``workspace`` (see ``admin/erasure.py``): irreversible."""
     if batch_size < 1:
         raise InvalidInputError("the batch size must be at least 1")
     with _open(settings, master_key) as store:
