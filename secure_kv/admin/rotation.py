@@ -36,7 +36,7 @@ import sqlalchemy as sa
 from secure_kv._clock import now_micros
 from secure_kv.admin.retirement import lock_data_keys, retire_when_unreferenced, try_transaction
 from secure_kv.audit.signing_keys import replace_signing_keys
-from secure_kv.categories import CATEGORY_CODES
+from secure_kv.categories import CODE_BY_VALUE
 from secure_kv.envelope import (
     HEADER_BYTES,
     DataKey,
@@ -79,7 +79,6 @@ INLINE_VALUE_BYTES = 16 * 1024
 # Fresh data-key versions a workspace rotation tries to create before giving up.
 _MAX_TARGET_ATTEMPTS = 8
 
-_CODE_BY_VALUE = {category.value: code for category, code in CATEGORY_CODES.items()}
 _d, _r, _w = data_keys.c, records.c, workspaces.c
 
 
@@ -363,7 +362,6 @@ class _Reencryption:
             store._db.engine.dialect,
             ("b_workspace", "b_target", "b_after", "b_limit"),
         )
-        self.as_bytes = store._db.dialect_name == "mysql"  # PyMySQL cannot send a bytearray
         self.old_keys: dict[int, DataKey] = {}
         self.context = record_contexts(name)
 
@@ -392,7 +390,7 @@ class _Reencryption:
             if not row_in_domain(version, expires_at, blob):
                 raise self.tampered(key)  # a cell no secure_kv writes (SQLite stores anything)
             blob = bytes(blob)
-            code = _CODE_BY_VALUE.get(category)
+            code = CODE_BY_VALUE.get(category)
             old = self.old_keys.get(version) or self.old_key(key, version)
             if code is None:
                 raise self.tampered(key)
@@ -400,8 +398,7 @@ class _Reencryption:
                 sealed = reseal_value(old, target, context(key, code, expires_at), blob)
             except AuthenticationError:
                 raise self.tampered(key) from None
-            if self.as_bytes and not isinstance(sealed, bytes):
-                sealed = bytes(sealed)
+            sealed = self.database.sendable(sealed)
             changes.append((target.version, sealed, workspace_id, key, blob[:HEADER_BYTES]))
         if changes:
             self.update.run_many(connection.connection, changes)
