@@ -426,11 +426,11 @@ def test_running_processes_follow_a_keyring_master_rotation_without_a_restart(
 ) -> None:
     from secure_kv import commands
     from secure_kv.keys import KeyringMasterKey
-    from secure_kv.keys.base import _ReloadingProvider
+    from secure_kv.keys.base import ReloadingProvider
     from secure_kv.settings import load_settings
 
-    monkeypatch.setattr(_ReloadingProvider, "RELOAD_INTERVAL", 0.0)
-    monkeypatch.setattr(_ReloadingProvider, "CURRENT_MAX_AGE", 0.0)
+    monkeypatch.setattr(ReloadingProvider, "RELOAD_INTERVAL", 0.0)
+    monkeypatch.setattr(ReloadingProvider, "CURRENT_MAX_AGE", 0.0)
     settings = load_settings(database_url=sqlite_url)
     running = KeyringMasterKey(create=True)  # the application's provider, read at start
     with SecureStore.open(sqlite_url, master_key=running, dek_cache_seconds=0.01) as app:
@@ -456,10 +456,10 @@ def test_a_running_process_rereads_a_rewritten_key_file(
 ) -> None:
     from secure_kv import commands
     from secure_kv.keys import FileMasterKey
-    from secure_kv.keys.base import _ReloadingProvider, generate_master_key
+    from secure_kv.keys.base import ReloadingProvider, generate_master_key
     from secure_kv.settings import load_settings
 
-    monkeypatch.setattr(_ReloadingProvider, "RELOAD_INTERVAL", 0.0)
+    monkeypatch.setattr(ReloadingProvider, "RELOAD_INTERVAL", 0.0)
     url = f"sqlite:///{tmp_path / 'store.db'}"
     key_file = tmp_path / "master.keys"
     old, new = generate_master_key(), generate_master_key()

@@ -116,11 +116,11 @@ from secure_kv.envelope import (
     SEAL_OVERHEAD,
     DataKey,
     Header,
-    _seal_for_vectors,
     new_data_key_bytes,
     open_value,
     parse_header,
     record_context,
+    seal_for_test_vectors,
     seal_value,
 )
 from secure_kv.errors import (
@@ -348,7 +348,7 @@ def _seal_record(
     if salt is None or nonce is None:
         sealed = seal_value(data_key, context, value)
     else:
-        sealed = _seal_for_vectors(data_key, context, value, salt, nonce)
+        sealed = seal_for_test_vectors(data_key, context, value, salt, nonce)
     header = _RECORD_HEADER.pack(
         _RECORD_MAGIC, _RECORD_FORMAT, code, NO_EXPIRY if expires_at is None else expires_at
     )
