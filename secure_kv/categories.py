@@ -6,7 +6,14 @@ from enum import StrEnum
 
 from secure_kv.errors import InvalidInputError, InvalidTypeError
 
-__all__ = ["Category", "parse_category"]
+__all__ = [
+    "CATEGORIES_BY_CODE",
+    "CATEGORY_BY_VALUE",
+    "CATEGORY_CODES",
+    "CODE_BY_VALUE",
+    "Category",
+    "parse_category",
+]
 
 
 class Category(StrEnum):
@@ -29,7 +36,9 @@ CATEGORY_CODES: dict[Category, int] = {
     Category.CACHE: 3,
 }
 CATEGORIES_BY_CODE = {code: category for category, code in CATEGORY_CODES.items()}
-_BY_VALUE = {category.value: category for category in Category}
+# By the stored string, for rows read back: hashing a Category runs Enum.__hash__ in Python.
+CATEGORY_BY_VALUE = {category.value: category for category in Category}
+CODE_BY_VALUE = {category.value: code for category, code in CATEGORY_CODES.items()}
 
 
 def parse_category(value: object) -> Category:
@@ -37,13 +46,14 @@ def parse_category(value: object) -> Category:
     if isinstance(value, Category):
         return value
     if isinstance(value, str):
-        found = _BY_VALUE.get(value)
+        found = CATEGORY_BY_VALUE.get(value)
         if found is None:
             raise InvalidInputError(
                 # The given string is not echoed: a misplaced argument could be a secret.
-                f"unknown category: use one of {', '.join(_BY_VALUE)} (lower case)"
+                f"unknown category: use one of {', '.join(CATEGORY_BY_VALUE)} (lower case)"
             )
         return found
     raise InvalidTypeError(
-        f"category must be a secure_kv.Category or one of {', '.join(_BY_VALUE)}, not {type(value).__name__}"
+        f"category must be a secure_kv.Category or one of {', '.join(CATEGORY_BY_VALUE)}, "
+        f"not {type(value).__name__}"
     )

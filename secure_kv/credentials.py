@@ -38,11 +38,7 @@ import math
 import re
 from collections import Counter
 
-from secure_kv.categories import Category
-from secure_kv.errors import InvalidInputError
-from secure_kv.settings import CredentialPolicy
-
-__all__ = ["MAX_SCAN_BYTES", "MIN_SCAN_BYTES", "RULES", "apply_credential_policy", "find_credential"]
+__all__ = ["MAX_SCAN_BYTES", "MIN_SCAN_BYTES", "RULES", "find_credential"]
 
 log = logging.getLogger("secure_kv")
 
@@ -410,37 +406,3 @@ def _decodes_to_file(token: str) -> bool:
         except (binascii.Error, ValueError):
             return False
     return head.startswith(_FILE_MAGIC)
-
-
-def apply_credential_policy(
-    policy: CredentialPolicy, value: bytes | bytearray | memoryview, category: Category, what: str
-) -> Category:
-    """The category to store ``value`` under, by ``SECURE_KV_CREDENTIAL_POLICY``.
-
-    One rule for every storage (a SQL workspace and Dify's ``EncryptedStorage``): a
-    credential-looking value under another category is logged (``warn``), stored as a token
-    (``promote``) or refused (``reject``). ``what`` names the record in messages; the
-    value itself never appears in them.
-    """
-    if category is Category.TOKEN:
-        return category
-    rule = find_credential(value)
-    if rule is None:
-        return category
-    if policy is CredentialPolicy.REJECT:
-        raise InvalidInputError(
-            f"the value for {what} looks like a credential ({rule}) but was "
-            f"given category {category.value!r}: store it with category=Category.TOKEN "
-            "(or set SECURE_KV_CREDENTIAL_POLICY=warn); nothing was stored"
-        )
-    if policy is CredentialPolicy.PROMOTE:
-        log.info("%s looks like a credential (%s): stored as a token", what, rule)
-        return Category.TOKEN
-    log.warning(
-        "%s looks like a credential (%s) but is stored as %s: store it with "
-        "category=Category.TOKEN so its reads are audited and it is masked",
-        what,
-        rule,
-        category.value,
-    )
-    return category

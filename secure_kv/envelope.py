@@ -171,6 +171,12 @@ class DataKey:
             self._readers.clear()
         self._readers[salt] = aead
 
+    def rewrapped_under(self, master: MasterKey) -> bytes:
+        """This key wrapped under ``master``, labelled as rewrapped (see :func:`rewrap_data_key`)."""
+        return master.wrap(
+            self._dek, data_key_associated_data(self.workspace, self.version, REWRAPPED_DATA_KEY_LABEL)
+        )
+
     def __repr__(self) -> str:
         return f"<DataKey version={self.version}>"
 
@@ -213,8 +219,7 @@ def rewrap_data_key(old: MasterKey, new: MasterKey, wrapped: bytes, workspace: b
     version (master-key rotation), labelled as rewrapped: readable under ``new``, never
     adopted for new writes. Raise :class:`AuthenticationError` if it was altered or moved.
     """
-    dek = unwrap_data_key(old, wrapped, workspace, version)._dek
-    return new.wrap(dek, data_key_associated_data(workspace, version, REWRAPPED_DATA_KEY_LABEL))
+    return unwrap_data_key(old, wrapped, workspace, version).rewrapped_under(new)
 
 
 def record_context(workspace: bytes, key: bytes, category_code: int, expires_at: int | None) -> bytes:
@@ -251,10 +256,11 @@ def seal_value(data_key: DataKey, context: bytes, plaintext: Buffer) -> Buffer:
     return _seal(aead, data_key.version, salt, os.urandom(NONCE_BYTES), context, plaintext)
 
 
-def _seal_for_vectors(
+def seal_for_test_vectors(
     data_key: DataKey, context: bytes, plaintext: Buffer, salt: bytes, nonce: bytes
 ) -> Buffer:
-    """Seal with a fixed salt and nonce: only for reproducing test vectors (never reuse one)."""
+    """Seal with a fixed salt and nonce: the test-vector hook (tests/vectors, Dify's record
+    vectors), kept out of ``__all__``. Never for data: a nonce must not be reused."""
     return _seal(data_key.reader(salt), data_key.version, salt, nonce, context, plaintext)
 
 
@@ -410,7 +416,8 @@ def open_record(
                     _context_tail(category_code, expires_at),
                 )
             )
-            aead = data_key._readers.get(salt) or data_key.reader(salt)
+            # The reader cache read inline (this module owns DataKey): a call saved per record.
+            aead = data_key._readers.get(salt) or data_key.reader(salt)  # noqa: SLF001
             try:
                 return aead.decrypt(nonce, blob[HEADER_BYTES:], aad)
             except InvalidTag:

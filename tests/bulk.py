@@ -20,6 +20,7 @@ from secure_kv.envelope import record_context, seal_value
 from secure_kv.sql.schema import records
 from secure_kv.store import SecureStore
 from secure_kv.store.datakeys import now_micros
+from secure_kv.store.internals import store_parts
 from secure_kv.validation import check_key, check_workspace_name
 
 __all__ = ["default_value", "fill_workspace", "record_name"]
@@ -51,10 +52,11 @@ def fill_workspace(
     name = check_workspace_name(workspace)
     chosen = parse_category(category)
     code = CATEGORY_CODES[chosen]
-    workspace_id, data_key = store._keys.current(name)
+    parts = store_parts(store)
+    database = parts.database
+    workspace_id, data_key = parts.data_keys.current(name)
     statement = sa.insert(records)
-    as_bytes = store._db.dialect_name == "mysql"  # PyMySQL cannot send a bytearray
-    with store._db.connect(lock=True) as connection:
+    with database.connect(lock=True) as connection:
         for first in range(start, start + count, batch_size):
             rows = []
             now = now_micros()
@@ -70,7 +72,7 @@ def fill_workspace(
                         "created_at": now,
                         "updated_at": now,
                         "expires_at": None,
-                        "value": bytes(sealed) if as_bytes else sealed,
+                        "value": database.sendable(sealed),
                     }
                 )
             with connection.begin():

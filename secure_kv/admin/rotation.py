@@ -36,7 +36,7 @@ import sqlalchemy as sa
 from secure_kv._clock import now_micros
 from secure_kv.admin.retirement import lock_data_keys, retire_when_unreferenced, try_transaction
 from secure_kv.audit.signing_keys import SigningKeyReplacement, replace_signing_keys
-from secure_kv.categories import CATEGORY_CODES
+from secure_kv.categories import CODE_BY_VALUE
 from secure_kv.envelope import (
     HEADER_BYTES,
     DataKey,
@@ -79,8 +79,6 @@ DEFAULT_BATCH_KEYS = 500
 INLINE_VALUE_BYTES = 16 * 1024
 # Fresh data-key versions a workspace rotation tries to create before giving up.
 _MAX_TARGET_ATTEMPTS = 8
-
-_CODE_BY_VALUE = {category.value: code for category, code in CATEGORY_CODES.items()}
 
 
 def _show(name: bytes) -> str:
@@ -355,7 +353,6 @@ class _Reencryption:
         dialect = parts.database.engine.dialect
         self.update = statements.reseal_record(dialect, HEADER_BYTES)
         self.select = statements.select_records_to_reseal(dialect, INLINE_VALUE_BYTES)
-        self.as_bytes = parts.database.dialect_name == "mysql"  # PyMySQL cannot send a bytearray
         self.old_keys: dict[int, DataKey] = {}
         self.context = record_contexts(name)
 
@@ -392,7 +389,7 @@ class _Reencryption:
         if not row_in_domain(version, expires_at, blob):
             raise self.tampered(key)  # a cell no secure_kv writes (SQLite stores anything)
         blob = bytes(blob)
-        code = _CODE_BY_VALUE.get(category)
+        code = CODE_BY_VALUE.get(category)
         old = self.old_keys.get(version) or self.old_key(key, version)
         if code is None:
             raise self.tampered(key)
@@ -400,8 +397,7 @@ class _Reencryption:
             sealed = reseal_value(old, self.target, self.context(key, code, expires_at), blob)
         except AuthenticationError:
             raise self.tampered(key) from None
-        if self.as_bytes and not isinstance(sealed, bytes):
-            sealed = bytes(sealed)
+        sealed = self.database.sendable(sealed)
         return (self.target.version, sealed, self.workspace_id, key, blob[:HEADER_BYTES])
 
     def old_key(self, key: bytes, version: int) -> DataKey:

@@ -121,7 +121,9 @@ class Appender:
             self._pending = (seq, digest)
         return written
 
-    def _committed(self) -> None:
+    def committed(self) -> None:
+        """The transaction holding the appended events committed: the chain moves on to
+        the last of them (called by :class:`AuditLog`, never by the body)."""
         if self._pending is not None:
             self._chain.seq, self._chain.digest = self._pending
 
@@ -253,7 +255,7 @@ class AuditLog:
                 if transaction:
                     _rollback_quietly(connection)
                 raise
-            append._committed()
+            append.committed()
             return result
 
         try:
@@ -278,7 +280,7 @@ class AuditLog:
             chain.reusable = False
             self._release(chain)
             raise
-        append._committed()
+        append.committed()
         self._release(chain)
         return written
 

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from secure_kv._clock import format_time, now_micros
 from secure_kv.audit.events import anchor_digest, checkpoint_message, event_digest, genesis_digest
 from secure_kv.audit.signing_keys import trusted_signing_keys, verify_signature
-from secure_kv.audit.verify import ANCHOR_PREFIX, _event_from_row, _stream
+from secure_kv.audit.verify import ANCHOR_PREFIX, event_from_row, stream_rows
 from secure_kv.errors import AuthenticationError
 from secure_kv.sql.database import Database
 from secure_kv.sql.schema import audit_anchors, audit_chains, audit_checkpoints, audit_events
@@ -46,7 +46,7 @@ def iter_events(
         query = query.where(e.workspace == workspace.encode("utf-8"))
     if since is not None:
         query = query.where(e.occurred_at >= since)
-    for row in _stream(database, query):
+    for row in stream_rows(database, query):
         yield {
             "time": format_time(row.occurred_at),
             "actor": row.actor,
@@ -268,7 +268,7 @@ def _check_segment(
     )
     for row in rows:
         seq += 1
-        if int(row.seq) != seq or event_digest(chain, seq, previous, _event_from_row(row)) != bytes(
+        if int(row.seq) != seq or event_digest(chain, seq, previous, event_from_row(row)) != bytes(
             row.digest
         ):
             raise AuthenticationError(f"event {seq} does not verify")

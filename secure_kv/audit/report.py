@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from secure_kv._clock import format_time, now_micros
-from secure_kv.audit.verify import _stream
+from secure_kv.audit.verify import stream_rows
 from secure_kv.envelope import ALGORITHM_NAMES
 from secure_kv.sql.database import Database
 from secure_kv.sql.schema import data_keys, records, workspaces
@@ -133,7 +133,7 @@ def iter_report_rows(
         kek_id,
         shredded,
         head,
-    ) in _stream(database, query):
+    ) in stream_rows(database, query):
         raw_name = bytes(name)
         workspace_name = names.get(raw_name)
         if workspace_name is None:

@@ -60,7 +60,15 @@ from secure_kv.sql.schema import (
     workspaces,
 )
 
-__all__ = ["ANCHOR_PREFIX", "Failure", "VerifyReport", "parse_anchor", "verify"]
+__all__ = [
+    "ANCHOR_PREFIX",
+    "Failure",
+    "VerifyReport",
+    "event_from_row",
+    "parse_anchor",
+    "stream_rows",
+    "verify",
+]
 
 ANCHOR_PREFIX = "skv-anchor:v1:"
 _ANCHOR = re.compile(r"skv-anchor:v1:(\d+):([0-9a-f]{64})")
@@ -236,7 +244,8 @@ class _ChainState:
     anchored: tuple[int, bytes] | None = None
 
 
-def _event_from_row(row: Any) -> Event:
+def event_from_row(row: Any) -> Event:
+    """The :class:`Event` an ``audit_events`` row records (what its digest covers)."""
     return Event(
         occurred_at=int(row.occurred_at),
         actor=row.actor,
@@ -275,7 +284,7 @@ def _verify_chains(
             )
     seen: set[int] = set()
     state: _ChainState | None = None
-    for row in _stream(
+    for row in stream_rows(
         database, sa.select(audit_events).order_by(audit_events.c.chain_id, audit_events.c.seq)
     ):
         chain_id = int(row.chain_id)
@@ -339,7 +348,7 @@ def _check_event(state: _ChainState, row: Any, report: VerifyReport) -> None:
     elif seq > state.expected:
         missing = f"{state.expected}" if seq == state.expected + 1 else f"{state.expected}-{seq - 1}"
         report.fail(f"chain {state.chain_id}", f"event(s) {missing} missing (deleted)")
-    elif event_digest(state.chain_id, seq, state.previous, _event_from_row(row)) != stored:
+    elif event_digest(state.chain_id, seq, state.previous, event_from_row(row)) != stored:
         report.fail(
             where,
             "its content, position or link does not match its digest (edited, reordered, or moved)",
@@ -378,7 +387,7 @@ def _check_every_signature(database: Database, state: _ChainState, report: Verif
         .where(audit_events.c.chain_id == state.chain_id)
         .order_by(audit_events.c.seq)
     )
-    for row in _stream(database, query):
+    for row in stream_rows(database, query):
         if not verify_signature(state.public_key, bytes(row.signature), bytes(row.digest)):
             report.fail(
                 f"event {row.seq} of chain {state.chain_id}",
@@ -455,7 +464,7 @@ def _verify_data_keys(
         .select_from(data_keys.join(workspaces, workspaces.c.id == d.workspace_id))
         .order_by(d.workspace_id, d.version)
     )
-    for row in _stream(database, query):
+    for row in stream_rows(database, query):
         report.data_keys += 1
         name, version, kek_id, wrapped = row[:4]
         where = f"data key {_show_version(version)} of workspace {_show(name)}"
@@ -515,7 +524,7 @@ def _verify_records(
     )
     current_workspace = None
     cache: dict[int, DataKey | Exception] = {}
-    for row in _stream(database, query):
+    for row in stream_rows(database, query):
         report.records += 1
         if report.records % 10_000 == 0:
             tick.reached(report.records)
@@ -610,7 +619,7 @@ def _show(name: Any) -> str:
     return repr(bytes(name).decode("utf-8", "replace"))
 
 
-def _stream(database: Database, query: Any) -> Iterator[Any]:
+def stream_rows(database: Database, query: Any) -> Iterator[Any]:
     """Rows of ``query`` fetched in batches from a server-side cursor: constant memory."""
     with database.connect() as connection, connection.begin():
         yield from connection.execute(query.execution_options(stream_results=True, yield_per=_BATCH))

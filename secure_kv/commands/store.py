@@ -33,7 +33,7 @@ from secure_kv.sql.database import Database, safe_url
 from secure_kv.sql.migrate import ensure_schema, head_revision, upgrade_schema
 from secure_kv.store import SecureStore
 from secure_kv.store.datakeys import check_master_key
-from secure_kv.store.internals import open_store, record_event, store_parts
+from secure_kv.store.internals import open_store, read_with_category, record_event, store_parts
 from secure_kv.validation import check_workspace_name
 
 __all__ = [
@@ -348,7 +348,7 @@ def get_value(
         inventory.check_workspace_exists(
             store_parts(store).database, check_workspace_name(workspace), workspace
         )
-        found = store.workspace(workspace)._read(key)
+        found = read_with_category(store.workspace(workspace), key)
         if found is None:
             record_event(store, "operator.get", workspace=workspace, key=key, outcome="missing")
             return None

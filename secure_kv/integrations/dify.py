@@ -98,7 +98,6 @@ lost one in that window fail with :class:`~secure_kv.errors.AuthenticationError`
 
 from __future__ import annotations
 
-import math
 import os
 import struct
 import sys
@@ -112,17 +111,16 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from secure_kv._clock import now_micros
 from secure_kv.categories import CATEGORIES_BY_CODE, CATEGORY_CODES, Category, parse_category
-from secure_kv.credentials import apply_credential_policy
 from secure_kv.envelope import (
     NO_EXPIRY,
     SEAL_OVERHEAD,
     DataKey,
     Header,
-    _seal_for_vectors,
     new_data_key_bytes,
     open_value,
     parse_header,
     record_context,
+    seal_for_test_vectors,
     seal_value,
 )
 from secure_kv.errors import (
@@ -137,6 +135,7 @@ from secure_kv.errors import (
 )
 from secure_kv.keys import MasterKey, MasterKeyProvider, StaticMasterKey, provider_from_settings
 from secure_kv.settings import CredentialPolicy, Settings, load_settings
+from secure_kv.store.policy import apply_credential_policy, expiry_for
 from secure_kv.validation import Buffer, check_key, check_ttl, check_value, check_workspace_name
 
 if TYPE_CHECKING:
@@ -349,7 +348,7 @@ def _seal_record(
     if salt is None or nonce is None:
         sealed = seal_value(data_key, context, value)
     else:
-        sealed = _seal_for_vectors(data_key, context, value, salt, nonce)
+        sealed = seal_for_test_vectors(data_key, context, value, salt, nonce)
     header = _RECORD_HEADER.pack(
         _RECORD_MAGIC, _RECORD_FORMAT, code, NO_EXPIRY if expires_at is None else expires_at
     )
@@ -563,13 +562,9 @@ class EncryptedStorage:
         chosen = parse_category(category)
         seconds = check_ttl(ttl)
         chosen = apply_credential_policy(self._credential_policy, value, chosen, self._describe(key))
-        if seconds is None and chosen is Category.CACHE:
-            seconds = self._default_cache_ttl
-        expires_at = None if seconds is None else now_micros() + max(1, math.ceil(seconds * 1_000_000))
+        expiry = expiry_for(chosen, seconds, now_micros(), self._default_cache_ttl)
         data_key = self._current_key()
-        blob = _seal_record(
-            data_key, self._tenant, self._namespace_bytes, key_bytes, chosen, expires_at, value
-        )
+        blob = _seal_record(data_key, self._tenant, self._namespace_bytes, key_bytes, chosen, expiry, value)
         self._call(f"write {self._describe(key)}", lambda: self._storage.set(key, blob))
 
     def get(self, key: str) -> bytes | None:

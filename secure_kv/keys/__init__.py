@@ -15,7 +15,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from secure_kv.keys.base import MasterKey, MasterKeyProvider, RawMasterKey, generate_master_key
+from secure_kv.keys.base import (
+    MasterKey,
+    MasterKeyProvider,
+    RawKeyProvider,
+    RawMasterKey,
+    ReloadingProvider,
+    generate_master_key,
+)
 from secure_kv.keys.env import EnvMasterKey
 from secure_kv.keys.file import FileMasterKey
 from secure_kv.keys.keyring import KeyringMasterKey
@@ -41,7 +48,9 @@ __all__ = [
     "MasterKey",
     "MasterKeyProvider",
     "Pkcs11MasterKey",
+    "RawKeyProvider",
     "RawMasterKey",
+    "ReloadingProvider",
     "StaticMasterKey",
     "WithPreviousKeys",
     "available_providers",

@@ -184,12 +184,15 @@ class MasterKeyProvider(_Unpicklable, ABC):
         return f"<{type(self).__name__} kek_ids={ids}>"
 
 
-class _ReloadingProvider(MasterKeyProvider):
+class ReloadingProvider(MasterKeyProvider):
     """A provider whose keys live outside the process (keyring, key file) and may change
     while it runs. Asked for a key it does not hold (a data key rewrapped by a rotation in
     another process), it reads its source again, at most every ``RELOAD_INTERVAL``
     seconds; its current key is read again when older than ``CURRENT_MAX_AGE``. So a
-    running process follows a master rotation without a restart."""
+    running process follows a master rotation without a restart.
+
+    A subclass implements ``_reload()`` (read every key from its source) and calls
+    ``_loaded()`` once its keys are read."""
 
     RELOAD_INTERVAL = 5.0
     #: After a rotation, new data keys are wrapped by the new key within this many seconds.
@@ -217,7 +220,7 @@ class _ReloadingProvider(MasterKeyProvider):
         return found
 
 
-class _RawKeyProvider(MasterKeyProvider):
+class RawKeyProvider(MasterKeyProvider):
     """A provider whose keys are raw 32-byte keys known at construction."""
 
     def __init__(self, keys: Iterable[RawMasterKey]) -> None:
@@ -230,6 +233,11 @@ class _RawKeyProvider(MasterKeyProvider):
 
     def previous_keys(self) -> Sequence[MasterKey]:
         return tuple(self._keys[1:])
+
+
+# The names these bases had before they were public; providers written then still import them.
+_ReloadingProvider = ReloadingProvider
+_RawKeyProvider = RawKeyProvider
 
 
 def generate_master_key() -> str:

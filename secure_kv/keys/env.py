@@ -20,7 +20,7 @@ from secure_kv._env_keys import (
     take_from_environment,
 )
 from secure_kv.errors import MasterKeyError
-from secure_kv.keys.base import RawMasterKey, _RawKeyProvider, parse_master_key
+from secure_kv.keys.base import RawKeyProvider, RawMasterKey, parse_master_key
 
 if TYPE_CHECKING:
     from secure_kv.settings import Settings
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 __all__ = ["EnvMasterKey", "forget_environment_keys"]
 
 
-class EnvMasterKey(_RawKeyProvider):
+class EnvMasterKey(RawKeyProvider):
     """``SECURE_KV_MASTER_KEY`` (current) and ``SECURE_KV_PREVIOUS_MASTER_KEYS``
     (comma-separated, still accepted for reading), each url-safe base64 of 32 bytes.
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from secure_kv.errors import ConfigurationError, MasterKeyError
-from secure_kv.keys.base import MasterKey, RawMasterKey, _RawKeyProvider, _ReloadingProvider, parse_master_key
+from secure_kv.keys.base import MasterKey, RawKeyProvider, RawMasterKey, ReloadingProvider, parse_master_key
 
 if TYPE_CHECKING:
     from secure_kv.settings import Settings
@@ -20,7 +20,7 @@ __all__ = ["FileMasterKey"]
 log = logging.getLogger("secure_kv.keys")
 
 
-class FileMasterKey(_ReloadingProvider, _RawKeyProvider):
+class FileMasterKey(ReloadingProvider, RawKeyProvider):
     """Keys from ``path`` (``SECURE_KV_MASTER_KEY_FILE``).
 
     Blank lines and lines starting with ``#`` are ignored. On POSIX the file must be a

@@ -28,7 +28,7 @@ from secure_kv.errors import MasterKeyError
 from secure_kv.keys.base import (
     MasterKey,
     RawMasterKey,
-    _ReloadingProvider,
+    ReloadingProvider,
     generate_master_key,
     parse_master_key,
 )
@@ -125,7 +125,7 @@ def _check_backend(backend: Any) -> None:
         )
 
 
-class KeyringMasterKey(_ReloadingProvider):
+class KeyringMasterKey(ReloadingProvider):
     """The master key kept in the OS keyring.
 
     ``create=True`` makes and stores a new key when none exists (``secure-kv init`` does

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from secure_kv.keys.base import RawMasterKey, _RawKeyProvider
+from secure_kv.keys.base import RawKeyProvider, RawMasterKey
 
 __all__ = ["StaticMasterKey"]
 
 
-class StaticMasterKey(_RawKeyProvider):
+class StaticMasterKey(RawKeyProvider):
     """``StaticMasterKey(key, previous=())``: raw 32-byte keys, current first.
 
     Example::

@@ -45,6 +45,7 @@ from sqlalchemy.engine.interfaces import DBAPIConnection
 from secure_kv import _fork
 from secure_kv.errors import ConfigurationError, StorageError
 from secure_kv.settings import Settings
+from secure_kv.validation import Buffer
 
 if TYPE_CHECKING:
     from secure_kv.sql.statements import Statement
@@ -190,6 +191,8 @@ class Database:
         self.dialect_name = parsed.get_backend_name()
         if self.dialect_name == "mariadb":
             self.dialect_name = "mysql"
+        # PyMySQL cannot send a bytearray (it escapes bytes only): see sendable().
+        self.sends_bytes_only = self.dialect_name == "mysql"
         kwargs: dict[str, Any] = {
             "isolation_level": "AUTOCOMMIT",
             "hide_parameters": True,
@@ -427,6 +430,22 @@ class Database:
                 f"a stored text on {safe_url(self.url)} is not valid UTF-8: the row was altered"
             ) from None
         raise StorageError(f"database error on {safe_url(self.url)}: {_describe(error)}") from None
+
+    def sendable(self, blob: Buffer) -> Buffer:
+        """``blob`` as this database's driver can send it: PyMySQL cannot send a bytearray,
+        so on MySQL/MariaDB (:attr:`sends_bytes_only`) a bytearray becomes bytes."""
+        if self.sends_bytes_only and not isinstance(blob, bytes):
+            return bytes(blob)
+        return blob
+
+    def sendable_checked(self, blob: Buffer) -> Buffer:
+        """:meth:`sendable`, and on MySQL/MariaDB refused (:meth:`check_packet_size`) if
+        the server's ``max_allowed_packet`` cannot take it."""
+        if not self.sends_bytes_only:
+            return blob
+        as_bytes = blob if isinstance(blob, bytes) else bytes(blob)
+        self.check_packet_size(as_bytes)
+        return as_bytes
 
     def check_packet_size(self, blob: bytes) -> None:
         """Refuse a value MySQL/MariaDB would refuse, with an error naming the setting.

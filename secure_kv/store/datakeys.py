@@ -55,15 +55,15 @@ class _BoundedCache:
 
     def __init__(self, size: int, max_age: float) -> None:
         self._size = size
-        self._max_age = max_age
-        self._entries: dict[Any, tuple[float, Any]] = {}
+        self.max_age = max_age
+        self.entries: dict[Any, tuple[float, Any]] = {}
         self._lock = threading.Lock()
 
     def get(self, key: Any) -> Any:
-        entry = self._entries.get(key)
+        entry = self.entries.get(key)
         if entry is None:
             return None
-        if time.monotonic() - entry[0] > self._max_age:
+        if time.monotonic() - entry[0] > self.max_age:
             self.discard(key)  # an expired key is dropped, not kept until evicted
             return None
         return entry[1]
@@ -71,28 +71,28 @@ class _BoundedCache:
     def put(self, key: Any, value: Any) -> None:
         now = time.monotonic()
         with self._lock:
-            self._entries.pop(key, None)
+            self.entries.pop(key, None)
             # Entries are in insertion order, so the oldest come first: drop the expired
             # ones, then the oldest beyond the size bound.
-            while self._entries:
-                oldest = next(iter(self._entries))
-                if len(self._entries) < self._size and now - self._entries[oldest][0] <= self._max_age:
+            while self.entries:
+                oldest = next(iter(self.entries))
+                if len(self.entries) < self._size and now - self.entries[oldest][0] <= self.max_age:
                     break
-                del self._entries[oldest]
-            self._entries[key] = (now, value)
+                del self.entries[oldest]
+            self.entries[key] = (now, value)
 
     def discard(self, key: Any) -> None:
         with self._lock:
-            self._entries.pop(key, None)
+            self.entries.pop(key, None)
 
     def discard_where(self, predicate: Any) -> None:
         with self._lock:
-            for key in [key for key in self._entries if predicate(key)]:
-                del self._entries[key]
+            for key in [key for key in self.entries if predicate(key)]:
+                del self.entries[key]
 
     def clear(self) -> None:
         with self._lock:
-            self._entries.clear()
+            self.entries.clear()
 
 
 class DataKeys:
@@ -157,8 +157,8 @@ class DataKeys:
         """The data key of one version if this process holds it now, else ``None``."""
         # _BoundedCache.get, inlined: this runs on every read.
         cache = self._versions
-        entry = cache._entries.get((workspace_id, version))
-        if entry is None or time.monotonic() - entry[0] > cache._max_age:
+        entry = cache.entries.get((workspace_id, version))
+        if entry is None or time.monotonic() - entry[0] > cache.max_age:
             return None
         return entry[1]  # type: ignore[no-any-return]
 

@@ -13,6 +13,7 @@ Package-private: not part of the public API, free to change with the code that u
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,8 +29,9 @@ from secure_kv.store.datakeys import DataKeys, check_master_key
 
 if TYPE_CHECKING:
     from secure_kv.store.secure_store import SecureStore
+    from secure_kv.store.workspace import Workspace
 
-__all__ = ["StoreParts", "open_store", "record_event", "store_parts"]
+__all__ = ["StoreParts", "open_store", "read_with_category", "record_event", "store_parts"]
 
 log = logging.getLogger("secure_kv")
 
@@ -44,13 +46,22 @@ class StoreParts:
     statements: Statements
     data_keys: DataKeys
     audit: AuditLog
+    check_open: Callable[[], None]  # raises StorageError once the store is closed
 
 
 def store_parts(store: SecureStore) -> StoreParts:
-    """The parts of an open ``store`` (:class:`StorageError` once it is closed)."""
+    """The parts of ``store``; call ``check_open()`` on them before using them for a call
+    that must refuse a closed store (``record_event`` does)."""
     # The one sanctioned reach-in: SecureStore keeps its parts private to its users, and
     # hands them to the package's own admin code here and nowhere else.
-    return store._open_parts()
+    return store._internal_parts()  # noqa: SLF001
+
+
+def read_with_category(workspace: Workspace, key: str) -> tuple[bytes, Category] | None:
+    """``workspace.get(key)`` with the entry's category, read from the same row (the
+    operator's ``get`` masks a token by it)."""
+    # The second sanctioned reach-in: the read itself is Workspace's own code.
+    return workspace._read(key)  # noqa: SLF001
 
 
 def record_event(
@@ -72,7 +83,9 @@ def record_event(
     one, the event is written in a transaction of its own. Raises if the event cannot be
     written, so an admin operation never goes unrecorded.
     """
-    audit = store_parts(store).audit
+    parts = store_parts(store)
+    parts.check_open()
+    audit = parts.audit
     event = audit.event(
         action,
         workspace=None if workspace is None else workspace.encode("utf-8"),

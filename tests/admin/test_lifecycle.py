@@ -157,15 +157,15 @@ def test_purge_deletes_expired_entries_only_and_says_how_many(
     a.set("forever", b"2")
     b.set("cached", b"3", category=Category.CACHE)
     # Entries written an hour ago with a one-minute TTL have expired by now.
-    import secure_kv.store.secure_store
+    import secure_kv.store.workspace
 
-    real_now = secure_kv.store.secure_store.now_micros
-    monkeypatch.setattr(secure_kv.store.secure_store, "now_micros", lambda: real_now() - 3_600_000_000)
+    real_now = secure_kv.store.workspace.now_micros
+    monkeypatch.setattr(secure_kv.store.workspace, "now_micros", lambda: real_now() - 3_600_000_000)
     for index in range(5):
         a.set(f"old-{index}", b"x", ttl=60)
     for index in range(3):
         b.set(f"old-{index}", b"y", category=Category.CACHE, ttl=60)
-    monkeypatch.setattr(secure_kv.store.secure_store, "now_micros", real_now)
+    monkeypatch.setattr(secure_kv.store.workspace, "now_micros", real_now)
 
     report = purge(store, batch_size=2)
 
@@ -180,11 +180,11 @@ def test_purge_deletes_expired_entries_only_and_says_how_many(
 def test_purge_of_many_expired_entries_runs_in_batches(
     sqlite_store: SecureStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import secure_kv.store.secure_store
+    import secure_kv.store.workspace
 
     ws = sqlite_store.workspace("t")
-    real_now = secure_kv.store.secure_store.now_micros
-    monkeypatch.setattr(secure_kv.store.secure_store, "now_micros", lambda: real_now() - 3_600_000_000)
+    real_now = secure_kv.store.workspace.now_micros
+    monkeypatch.setattr(secure_kv.store.workspace, "now_micros", lambda: real_now() - 3_600_000_000)
     for index in range(250):
         ws.set(f"k{index}", b"v", ttl=1)
     monkeypatch.undo()

@@ -18,6 +18,9 @@ from secure_kv.keys import (
     KeyringMasterKey,
     MasterKeyProvider,
     Pkcs11MasterKey,
+    RawKeyProvider,
+    RawMasterKey,
+    ReloadingProvider,
     StaticMasterKey,
 )
 from secure_kv.keys.base import generate_master_key
@@ -96,3 +99,33 @@ class TestMotoKmsMasterKey(MasterKeyProviderContract):
 
     def make_provider(self) -> MasterKeyProvider:
         return AwsKmsMasterKey(self.key_ids)
+
+
+class _VaultMasterKey(ReloadingProvider, RawKeyProvider):
+    """A third party's provider on the public bases: keys read from a source that changes
+    while the process runs (a vault, say)."""
+
+    RELOAD_INTERVAL = 0.0
+
+    def __init__(self, source: list[bytes]) -> None:
+        self.source = source
+        super().__init__(RawMasterKey(key) for key in source)
+        self._loaded()
+
+    def _reload(self) -> None:
+        self._keys = [RawMasterKey(key) for key in self.source]
+
+
+class TestAThirdPartyProviderOnThePublicBases(MasterKeyProviderContract):
+    def make_provider(self) -> MasterKeyProvider:
+        return _VaultMasterKey(list(_STATIC))
+
+
+def test_a_third_party_provider_on_the_reloading_base_finds_a_key_added_after_it_started() -> None:
+    source = [os.urandom(32)]
+    provider = _VaultMasterKey(source)
+    added = os.urandom(32)
+    kek_id = RawMasterKey(added).kek_id
+    source.append(added)  # a rotation elsewhere adds a key this process has not read yet
+    found = provider.find(kek_id)
+    assert found is not None and found.kek_id == kek_id

@@ -13,14 +13,14 @@ def test_entries_expire_after_max_age() -> None:
     assert cache.get("a") == 1
     time.sleep(0.08)
     assert cache.get("a") is None
-    assert "a" not in cache._entries
+    assert "a" not in cache.entries
 
 
 def test_oldest_entries_are_dropped_beyond_the_size_bound() -> None:
     cache = _BoundedCache(size=3, max_age=60)
     for name in "abcde":
         cache.put(name, name)
-    assert list(cache._entries) == ["c", "d", "e"]
+    assert list(cache.entries) == ["c", "d", "e"]
 
 
 def test_expired_entries_are_dropped_when_others_are_added() -> None:
@@ -28,4 +28,4 @@ def test_expired_entries_are_dropped_when_others_are_added() -> None:
     cache.put("old", 1)
     time.sleep(0.08)
     cache.put("new", 2)
-    assert list(cache._entries) == ["new"]
+    assert list(cache.entries) == ["new"]
