@@ -12,7 +12,8 @@ STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 # The tests a second and third Python version run in .ci/run: the Dify SDK (whose version
 # depends on the Python), the store, the envelope, the CLI and the example plugin.
-SUBSET := tests/test_dify.py tests/test_store.py tests/test_envelope.py tests/test_cli.py tests/test_examples.py
+SUBSET := tests/integrations/test_dify.py tests/store/test_store.py tests/test_envelope.py \
+  tests/cli/test_cli.py tests/docs/test_examples.py
 
 .PHONY: demo test test-subset lint typecheck fuzz soak bench wheel-check docs clean
 
@@ -29,11 +30,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check secure_kv tests bench examples .ci scripts conftest.py
 	$(BIN)/ruff format --check secure_kv tests bench examples .ci scripts conftest.py
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-# docs/cli.md from the commands' --help (tests/test_cli_reference.py fails when it drifts).
+# docs/cli.md from the commands' --help (tests/docs/test_cli_reference.py fails when it drifts).
 docs: $(STAMP)
 	$(BIN)/python scripts/cli_reference.py
 
@@ -56,7 +58,7 @@ $(FUZZ_STAMP): $(STAMP) pyproject.toml
 # The adversarial suite and the properties with thousands of examples each (about 30-60
 # minutes on 2 cores), then atheris on the stored-bytes parsers for FUZZ_SECONDS.
 fuzz: $(FUZZ_STAMP)
-	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -m "not slow" tests/test_properties.py tests/adversarial
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -m "not slow" tests/store/test_properties.py tests/adversarial
 	$(BIN)/python tests/fuzz/fuzz_parsers.py -max_total_time=$(FUZZ_SECONDS)
 
 # Worker processes on SQLite, PostgreSQL (direct and through a PgBouncer it starts) and

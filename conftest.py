@@ -6,7 +6,7 @@ SQLite file there. Blocks written for a Dify plugin's ``_invoke`` (``self.runtim
 ``self.session``) run too: ``self`` is a tool's view of a real dify-plugin SDK session over
 the tests' in-process daemon (tests/dify_daemon.py). A block that cannot run here is marked
 in the Markdown with ``<!-- skip: next -->`` and a comment saying why. Shell blocks are run
-by tests/test_cli_docs.py.
+by tests/docs/test_cli_docs.py.
 """
 
 from __future__ import annotations

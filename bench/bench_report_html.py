@@ -4,7 +4,7 @@ and how long Debian's headless Chromium takes to load it and to filter and sort 
 A SQLite store of N records (default 100,000: 200 workspaces; 10 % tokens, 80 % preferences,
 10 % cache entries, a tenth of them expired) is filled with ``set_many``; then
 ``audit report --format html`` is written to a file and opened in Chromium through
-selenium (as tests/test_report_html.py does). Load time is from navigation start to the
+selenium (as tests/audit/test_report_html.py does). Load time is from navigation start to the
 page's script having parsed the records and drawn the first page of the table.
 
 Usage (from the repo root)::

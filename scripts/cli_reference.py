@@ -1,7 +1,7 @@
 """Write docs/cli.md, the CLI reference, from the click commands' own ``--help``.
 
 ``python scripts/cli_reference.py`` (``make docs``) rewrites it; ``--check`` exits 1 when
-it is out of date (tests/test_cli_reference.py runs the same check in ``make test``), as
+it is out of date (tests/docs/test_cli_reference.py runs the same check in ``make test``), as
 sqlite-utils keeps its CLI docs honest with cog. Help is rendered at a fixed width, so the
 file does not depend on the terminal that generated it.
 """

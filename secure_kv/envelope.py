@@ -26,7 +26,7 @@ other stored value (see :func:`row_in_domain`), so "-1 in the column" cannot pas
 A data key's wrap binds its workspace and version, and whether it was *created* under the
 key that wraps it (label ``secure_kv/v1/dek``) or moved there by a master-key rotation
 (label ``secure_kv/v1/dek-rewrapped``). Only a key created under the current master key is
-used for new writes (see ``datakeys.py``): whoever holds a previous master key can wrap a
+used for new writes (see ``store/datakeys.py``): whoever holds a previous master key can wrap a
 key of their own choosing, but never one that unwraps under the current key with the
 "created" label.
 

@@ -1,7 +1,10 @@
-"""How long admin operations (rotation, shred, purge) report progress.
+"""The one way long operations report progress: rotation, shred, purge, ``audit verify``
+and ``audit report``, and the :mod:`secure_kv.commands` functions over them.
 
 The library knows nothing about terminals: it calls a :class:`Progress`, and the CLI passes
-one that draws a rich progress bar. Python callers can pass their own or nothing.
+one that draws rich progress bars on stderr. Python callers can pass their own or nothing
+(:data:`NO_PROGRESS`). A job with phases (``audit verify``: events, data keys, records)
+calls :meth:`~Progress.start` once per phase.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ class Progress(Protocol):
     """Receives the size of a job, then how much of it is done, as it goes."""
 
     def start(self, total: int, description: str) -> None:
-        """The job has ``total`` units (records or data keys); a new one may follow."""
+        """The job (or its next phase) has ``total`` units (records, data keys, events)."""
 
     def describe(self, description: str) -> None:
         """What is being worked on now (for example, which workspace)."""

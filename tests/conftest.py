@@ -22,9 +22,8 @@ from hypothesis import HealthCheck, settings
 from secure_kv import SecureStore
 from secure_kv.keys import StaticMasterKey
 from secure_kv.keys.env import forget_environment_keys
-
-from .keyring_backend import MemoryKeyring
-from .scale import partitioned
+from tests.keyring_backend import MemoryKeyring
+from tests.scale import partitioned
 
 settings.register_profile(
     "default", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]

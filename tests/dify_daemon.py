@@ -22,7 +22,7 @@ quota), ``internal/core/persistence/wrapper.go`` (keys are ``path.Clean``-ed fil
 ``import dify_plugin`` runs ``gevent.monkey.patch_all()``: right in a plugin process, wrong
 in this test process, whose database drivers, threads and subprocesses must stay as they
 are. :func:`import_sdk` imports the SDK with that one call skipped; the SDK code itself is
-unchanged. ``test_it_works_in_a_plugin_process_patched_by_gevent`` (tests/test_dify.py) runs
+unchanged. ``test_it_works_in_a_plugin_process_patched_by_gevent`` (tests/integrations/test_dify.py) runs
 the same stack in a child process with the patching on.
 """
 

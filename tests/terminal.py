@@ -7,6 +7,7 @@ the way a user types ``secure-kv audit report --format csv > records.csv``.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -32,6 +33,9 @@ class Run:
         return self.terminal.decode("utf-8", "replace")
 
 
+_PIPE_BYTES = 1 << 20  # Linux's default pipe-max-size
+
+
 def _drain(fd: int, sink: bytearray) -> None:
     while True:
         try:
@@ -54,19 +58,27 @@ def run_at_terminal(
 ) -> Run:
     """``secure-kv ARGS > file`` with stderr on a pty; optionally SIGINT the child as soon
     as ``interrupt_when(terminal_bytes_so_far)`` holds (Ctrl-C at the terminal).
+
+    With ``interrupt_when``, stdout is a pipe nobody reads until the SIGINT is sent (as if
+    piped into a pager not yet scrolled): a command that writes data is held mid-work, so
+    a fast machine cannot finish it before the signal lands.
     """
     master, slave = os.openpty()
     out_path = tmp_path / f"stdout-{time.monotonic_ns()}"
     received = bytearray()
+    held = bytearray()
     with out_path.open("wb") as out:
         child = subprocess.Popen(
             [*COMMAND, *args],
             stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-            stdout=out,
+            stdout=out if interrupt_when is None else subprocess.PIPE,
             stderr=slave,
             env=dict(env),
         )
         os.close(slave)
+        if child.stdout is not None:
+            # Room for the first batches, so the command gets under way before it is held.
+            fcntl.fcntl(child.stdout.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
         reader = threading.Thread(target=_drain, args=(master, received), daemon=True)
         reader.start()
         if stdin is not None:
@@ -74,14 +86,21 @@ def run_at_terminal(
             child.stdin.write(stdin)
             child.stdin.close()
         deadline = time.monotonic() + timeout
+        stdout_reader = None
         if interrupt_when is not None:
+            assert child.stdout is not None
             while child.poll() is None and time.monotonic() < deadline:
                 if interrupt_when(bytes(received)):
                     child.send_signal(signal.SIGINT)
                     break
                 time.sleep(0.02)
+            stdout_reader = threading.Thread(target=_drain, args=(child.stdout.fileno(), held), daemon=True)
+            stdout_reader.start()
         code = child.wait(timeout=max(1.0, deadline - time.monotonic()))
         reader.join(timeout=10)
+        if stdout_reader is not None:
+            stdout_reader.join(timeout=10)
+            out.write(held)
     os.close(master)
     return Run(code, out_path.read_bytes(), bytes(received))
 

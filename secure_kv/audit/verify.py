@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import re
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +47,7 @@ from secure_kv.envelope import (
 )
 from secure_kv.errors import AuthenticationError, InvalidInputError, MasterKeyError, UnsupportedVersionError
 from secure_kv.keys.base import MasterKeyProvider
+from secure_kv.progress import NO_PROGRESS, Progress
 from secure_kv.sql.database import Database, UndecodableTextError
 from secure_kv.sql.schema import (
     audit_anchors,
@@ -75,7 +76,6 @@ MAX_LISTED_FAILURES = 1000
 _BATCH = 2000
 _CATEGORIES = {category.value: category for category in Category}
 
-Progress = Callable[[str, int], None]
 # What reading a cell of another type or out of range raises (the audit log's own checks).
 _UNREADABLE = (ValueError, TypeError, AttributeError, OverflowError, struct.error, UndecodableTextError)
 
@@ -128,11 +128,14 @@ def verify(
     provider: MasterKeyProvider | None,
     *,
     anchor: str | None = None,
-    progress: Progress | None = None,
+    progress: Progress = NO_PROGRESS,
 ) -> VerifyReport:
-    """Run every check. Without ``provider`` only the audit chain is checked (auditor mode)."""
+    """Run every check. Without ``provider`` only the audit chain is checked (auditor mode).
+
+    ``progress`` is started once per phase (``events``, then ``data keys`` and ``records``
+    when the master key is given), with the phase's size.
+    """
     report = VerifyReport()
-    tick = progress or (lambda phase, count: None)
     anchored = parse_anchor(anchor) if anchor is not None else None
     if database.dialect_name == "sqlite":
         _verify_cell_types(database, report)
@@ -156,7 +159,9 @@ def verify(
                     "signing keys were taken from the database without authentication: give the master "
                     "key, or pin them with --anchor"
                 )
-        _verify_chains(database, trusted.public, pinned, report, tick)
+        _verify_chains(
+            database, trusted.public, pinned, report, _Phase(database, audit_events, "events", progress)
+        )
     except _UNREADABLE as error:
         # A cell of another type or out of range (SQLite stores anything; a server, any
         # number): reported, and the records are still checked.
@@ -164,11 +169,32 @@ def verify(
     except UnsupportedVersionError as error:
         report.fail("audit log", _reason(error))
     if provider is not None:
-        _verify_data_keys(database, provider, report, tick)
-        _verify_records(database, provider, report, tick)
+        _verify_data_keys(database, provider, report, _Phase(database, data_keys, "data keys", progress))
+        _verify_records(database, provider, report, _Phase(database, records, "records", progress))
     else:
         report.notes.append("records and data keys were not authenticated: that needs the master key")
     return report
+
+
+class _Phase:
+    """One phase of :func:`verify` on the progress contract: started with the table's row
+    count, then told how many rows are done (``reached``) as the phase streams them."""
+
+    def __init__(self, database: Database, table: sa.Table, name: str, progress: Progress) -> None:
+        self._progress = progress
+        self._done = 0
+        # Counting is a scan of the table: only when someone watches.
+        total = 0 if progress is NO_PROGRESS else _count(database, table)
+        progress.start(total, name)
+
+    def reached(self, done: int) -> None:
+        self._progress.advance(done - self._done)
+        self._done = done
+
+
+def _count(database: Database, table: sa.Table) -> int:
+    with database.connect() as connection:
+        return int(connection.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
 
 
 # --- the anchor -----------------------------------------------------------------------
@@ -238,7 +264,7 @@ def _verify_chains(
     keys: dict[int, bytes],
     pinned: dict[int, tuple[int, bytes]] | None,
     report: VerifyReport,
-    tick: Progress,
+    tick: _Phase,
 ) -> None:
     with database.connect() as connection:
         chains = {
@@ -271,7 +297,7 @@ def _verify_chains(
         _check_event(state, row, report)
         report.events += 1
         if report.events % 10_000 == 0:
-            tick("events", report.events)
+            tick.reached(report.events)
     if state is not None:
         _finish_chain(database, state, pinned, checkpoints, report)
     for chain_id in checkpoints.keys() - seen:
@@ -285,7 +311,7 @@ def _verify_chains(
         for chain_id, (seq, _) in sorted(pinned.items()):
             if chain_id not in seen:
                 report.fail(f"chain {chain_id}", f"missing: the anchor has it up to event {seq} (deleted)")
-    tick("events", report.events)
+    tick.reached(report.events)
 
 
 def _start_chain(
@@ -423,7 +449,7 @@ def _storage_classes(column: Any) -> tuple[str, ...]:
 
 
 def _verify_data_keys(
-    database: Database, provider: MasterKeyProvider, report: VerifyReport, tick: Progress
+    database: Database, provider: MasterKeyProvider, report: VerifyReport, tick: _Phase
 ) -> None:
     d = data_keys.c
     sqlite = database.dialect_name == "sqlite"
@@ -451,7 +477,7 @@ def _verify_data_keys(
             _unwrap(provider, bytes(name), version, _text(kek_id), bytes(wrapped))
         except (AuthenticationError, MasterKeyError, UnsupportedVersionError) as error:
             report.fail(where, _reason(error))
-    tick("data keys", report.data_keys)
+    tick.reached(report.data_keys)
 
 
 def _unwrap(provider: MasterKeyProvider, name: bytes, version: Any, kek_id: str, wrapped: bytes) -> DataKey:
@@ -468,7 +494,7 @@ _RECORD_TYPES = ("blob", "blob", "text", "integer", ("integer", "null"), "blob")
 
 
 def _verify_records(
-    database: Database, provider: MasterKeyProvider, report: VerifyReport, tick: Progress
+    database: Database, provider: MasterKeyProvider, report: VerifyReport, tick: _Phase
 ) -> None:
     r, d = records.c, data_keys.c
     sqlite = database.dialect_name == "sqlite"
@@ -501,7 +527,7 @@ def _verify_records(
     for row in stream_rows(database, query):
         report.records += 1
         if report.records % 10_000 == 0:
-            tick("records", report.records)
+            tick.reached(report.records)
         name, workspace_id, record_key, category_cell, dek_version, expires_at, blob = row[:7]
         kek_id, wrapped, key_version = row[7:10]
         if name is None:
@@ -547,7 +573,7 @@ def _verify_records(
             report.fail(where, _reason(error))
         except AuthenticationError:
             report.fail(where, "it failed authentication (altered, truncated, or moved)")
-    tick("records", report.records)
+    tick.reached(report.records)
 
 
 def _as_bytes(column: Any, sqlite: bool) -> Any:

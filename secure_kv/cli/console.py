@@ -1,5 +1,8 @@
 """The one place the ``secure-kv`` command uses rich: progress bars on stderr and tables.
 
+One adapter, :class:`BarProgress`, draws every long job (rotation, shred, purge, audit
+verify and report), as each reports through :class:`secure_kv.progress.Progress`.
+
 Imported only by the commands that draw something (rich takes a tenth of a second to
 import). Nothing here interprets markup: names and messages reach rich as
 :class:`~rich.text.Text` built from :func:`~secure_kv.display.shown` strings, and progress
@@ -21,7 +24,7 @@ from rich.text import Text
 
 from secure_kv.display import shown
 
-__all__ = ["BarProgress", "PhaseProgress", "bar_progress", "phase_progress", "print_table", "stdout_console"]
+__all__ = ["BarProgress", "markup_console", "print_table", "progress_bars", "stdout_console"]
 
 
 def stdout_console() -> Console:
@@ -32,6 +35,11 @@ def stdout_console() -> Console:
     if not console.is_terminal:
         console = Console(markup=False, highlight=False, emoji=False, width=100_000)
     return console
+
+
+def markup_console() -> Console:
+    """stdout with rich's markup, for text this package writes itself (the demo)."""
+    return Console()
 
 
 def stderr_console() -> Console:
@@ -74,9 +82,42 @@ class _RateColumn(ProgressColumn):
         return Text("" if speed is None else f"{speed:,.0f} {self.unit}/s", style="progress.data.speed")
 
 
-def _bar(unit: str, transient: bool = False) -> RichProgress:
+class BarProgress:
+    """secure_kv's :class:`~secure_kv.progress.Progress` as rich bars on stderr: one bar per
+    job or phase (``audit verify`` starts three), each labelled and counted against its total.
+
+    Counts what is done whatever the terminal (``done`` of ``total``, for the job started
+    last), so an interrupted command can say how far it got.
+    """
+
+    def __init__(self, bars: RichProgress) -> None:
+        self._bars = bars
+        self._task: TaskID | None = None
+        self.total = 0
+        self.done = 0
+
+    def start(self, total: int, description: str) -> None:
+        self.total, self.done = total, 0
+        self._task = self._bars.add_task(shown(description), total=total)
+
+    def describe(self, description: str) -> None:
+        if self._task is not None:
+            self._bars.update(self._task, description=shown(description))
+
+    def advance(self, count: int) -> None:
+        self.done += count
+        if self._task is not None:
+            self._bars.advance(self._task, count)
+
+
+@contextmanager
+def progress_bars(unit: str = "", *, transient: bool = False) -> Iterator[BarProgress]:
+    """Bars on stderr, counting ``unit`` (``records``, ``keys``); ``transient``: gone when
+    the work ends (a report whose summary follows). Nothing is drawn unless stderr is a
+    terminal, so pipes and logs get no stray lines.
+    """
     console = stderr_console()
-    return RichProgress(
+    bars = RichProgress(
         TextColumn("{task.description}", markup=False),
         BarColumn(),
         _CountColumn(unit),
@@ -87,79 +128,7 @@ def _bar(unit: str, transient: bool = False) -> RichProgress:
         # Never: data written to stdout while the bar runs must reach stdout untouched.
         redirect_stdout=False,
         redirect_stderr=False,
-        disable=not console.is_terminal,  # no bar, nor stray blank lines, in pipes and logs
+        disable=not console.is_terminal,
     )
-
-
-class BarProgress:
-    """secure_kv's :class:`~secure_kv.progress.Progress` as one rich bar on stderr.
-
-    Counts what is done whatever the terminal, so an interrupted command can say how far
-    it got.
-    """
-
-    def __init__(self, bar: RichProgress) -> None:
-        self._bar = bar
-        self._task: TaskID | None = None
-        self.total = 0
-        self.done = 0
-
-    def start(self, total: int, description: str) -> None:
-        if self._task is not None:
-            self._bar.remove_task(self._task)
-        self.total, self.done = total, 0
-        self._task = self._bar.add_task(shown(description), total=total)
-
-    def describe(self, description: str) -> None:
-        if self._task is not None:
-            self._bar.update(self._task, description=shown(description))
-
-    def advance(self, count: int) -> None:
-        self.done += count
-        if self._task is not None:
-            self._bar.advance(self._task, count)
-
-
-@contextmanager
-def bar_progress(unit: str) -> Iterator[BarProgress]:
-    bar = _bar(unit)
-    with bar:
-        yield BarProgress(bar)
-
-
-class PhaseProgress:
-    """One labelled bar per phase (``records``, ``data keys``, ``events``), each with its
-    total when known: ``tick(phase, done)`` is the callback ``audit verify`` and
-    ``audit report`` take.
-    """
-
-    def __init__(self, bar: RichProgress, totals: dict[str, int]) -> None:
-        self._bar = bar
-        self._totals = totals
-        self._tasks: dict[str, TaskID] = {}
-        self.done: dict[str, int] = {}
-
-    def tick(self, phase: str, done: int) -> None:
-        if phase not in self._tasks:
-            self._tasks[phase] = self._bar.add_task(shown(phase), total=self._totals.get(phase))
-        self.done[phase] = done
-        self._bar.update(self._tasks[phase], completed=done)
-
-    def total(self, phase: str, total: int) -> None:
-        self._totals[phase] = total
-        if phase in self._tasks:
-            self._bar.update(self._tasks[phase], total=total)
-
-    def totals(self, totals: dict[str, int]) -> None:
-        for phase, total in totals.items():
-            self.total(phase, total)
-
-    def total_of(self, phase: str) -> int:
-        return self._totals.get(phase, 0)
-
-
-@contextmanager
-def phase_progress(totals: dict[str, int] | None = None) -> Iterator[PhaseProgress]:
-    bar = _bar("", transient=True)
-    with bar:
-        yield PhaseProgress(bar, dict(totals or {}))
+    with bars:
+        yield BarProgress(bars)

@@ -1,4 +1,4 @@
-"""The ``secure-kv audit`` operations as plain functions (cli.py is a thin layer over them).
+"""The ``secure-kv audit`` operations as plain functions (``secure_kv.cli`` is a thin layer over them).
 
 Reports, logs and anchors need no master key; what they do is recorded in the audit log
 when a master key is at hand to sign with, and logged otherwise.
@@ -6,10 +6,8 @@ when a master key is at hand to sign with, and logged otherwise.
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
 
@@ -18,22 +16,22 @@ import sqlalchemy as sa
 from secure_kv.audit.maintenance import Anchor, PruneReport, iter_events, prune, take_anchor
 from secure_kv.audit.report import REPORT_FIELDS, ReportSummary, iter_report_rows
 from secure_kv.audit.report_html import check_available, write_html_report
-from secure_kv.audit.verify import Progress, VerifyReport, verify
+from secure_kv.audit.verify import VerifyReport, verify
+from secure_kv.commands.output import write_csv, write_json_array
 from secure_kv.display import shown, shown_message
-from secure_kv.errors import MasterKeyError
+from secure_kv.errors import InvalidInputError, MasterKeyError
 from secure_kv.keys import MasterKeyProvider, provider_from_settings
+from secure_kv.progress import NO_PROGRESS, Progress
 from secure_kv.settings import Settings, load_settings
 from secure_kv.sql.database import Database
 from secure_kv.sql.migrate import ensure_schema
-from secure_kv.sql.schema import audit_events, data_keys, records, workspaces
+from secure_kv.sql.schema import records, workspaces
 from secure_kv.store.internals import open_store, record_event
 
 __all__ = ["audit_anchor", "audit_log", "audit_prune", "audit_report", "audit_verify", "format_event"]
 
 log = logging.getLogger("secure_kv.commands")
 # --- audit ------------------------------------------------------------------------------
-
-RowCounter = Callable[[int], None]
 
 
 def _provider_or_none(settings: Settings, given: MasterKeyProvider | None) -> MasterKeyProvider | None:
@@ -79,42 +77,40 @@ def audit_report(
     fmt: str = "json",
     workspace: str | None = None,
     master_key: MasterKeyProvider | None = None,
-    on_total: RowCounter | None = None,
-    on_row: RowCounter | None = None,
+    progress: Progress = NO_PROGRESS,
 ) -> ReportSummary:
     """Write one row per record (JSON array, CSV, or an HTML page) to ``out``; never a value.
 
     JSON and CSV are streamed; ``html`` is one self-contained page (report_html.py).
+    ``progress`` is started with the number of records (phase ``records``) and advanced
+    as they are written. An unknown ``fmt`` raises :class:`~secure_kv.errors.InvalidInputError`.
 
     Needs no master key; with one, the report is recorded in the audit log first.
     """
     settings = settings if settings is not None else load_settings()
     if fmt not in ("json", "csv", "html"):
-        raise ValueError("format must be json, csv or html")
+        raise InvalidInputError(f"unknown report format {fmt!r}: use json, csv or html")
     if fmt == "html":
         check_available()  # before anything is recorded or read
     provider = _provider_or_none(settings, master_key)
     _record_admin(settings, provider, "audit.report", f"format {fmt}, workspace {workspace or 'all'}")
     summary = ReportSummary()
     with _read_only(settings) as database:
-        if on_total is not None:
+        total = 0
+        if progress is not NO_PROGRESS:  # counting is a scan: only when someone watches
             where = None
             if workspace is not None:
                 where = records.c.workspace_id.in_(
                     sa.select(workspaces.c.id).where(workspaces.c.name == workspace.encode("utf-8"))
                 )
-            on_total(_count(database, records, where))
-        rows = iter_report_rows(
-            database, summary, workspace=workspace, max_age_days=settings.dek_max_age_days
+            total = _count(database, records, where)
+        progress.start(total, "records")
+        rows = _counting(
+            iter_report_rows(database, summary, workspace=workspace, max_age_days=settings.dek_max_age_days),
+            progress,
         )
-        if on_row is not None:
-            rows = _counting(rows, on_row)
         if fmt == "csv":
-            # RFC 4180 line ends: with "\n" alone, csv leaves a field holding a bare "\r"
-            # unquoted, and a name with one would split its row for every reader.
-            writer = csv.writer(out, lineterminator="\r\n")
-            writer.writerow(REPORT_FIELDS)
-            writer.writerows(rows)
+            write_csv(out, REPORT_FIELDS, rows)
         elif fmt == "html":
             write_html_report(
                 out,
@@ -126,38 +122,18 @@ def audit_report(
                 max_age_days=settings.dek_max_age_days,
             )
         else:
-            encode = json.JSONEncoder(ensure_ascii=False).encode
-            _write_json_array(out, (dict(zip(REPORT_FIELDS, row, strict=True)) for row in rows), None, encode)
-    if on_row is not None:
-        on_row(summary.records)
+            write_json_array(out, (dict(zip(REPORT_FIELDS, row, strict=True)) for row in rows))
     return summary
 
 
-def _counting(rows: Iterator[tuple[Any, ...]], on_row: RowCounter) -> Iterator[tuple[Any, ...]]:
-    """``rows`` unchanged, calling ``on_row(done)`` every 1,000 rows (for a progress bar)."""
+def _counting(rows: Iterator[tuple[Any, ...]], progress: Progress) -> Iterator[tuple[Any, ...]]:
+    """``rows`` unchanged, advancing ``progress`` every 1,000 rows and at the end."""
     number = 0
     for number, row in enumerate(rows, 1):
         yield row
         if number % 1000 == 0:
-            on_row(number)
-
-
-def _write_json_array(
-    out: TextIO,
-    rows: Iterator[dict[str, Any]],
-    on_row: RowCounter | None,
-    encode: Callable[[Any], str] | None = None,
-) -> int:
-    encode = encode or (lambda row: json.dumps(row, ensure_ascii=False))
-    out.write("[")
-    number = 0
-    for number, row in enumerate(rows, 1):
-        out.write(",\n  " if number > 1 else "\n  ")
-        out.write(encode(row))
-        if on_row is not None and number % 1000 == 0:
-            on_row(number)
-    out.write("\n]\n" if number else "]\n")
-    return number
+            progress.advance(1000)
+    progress.advance(number % 1000)
 
 
 def audit_verify(
@@ -166,14 +142,13 @@ def audit_verify(
     anchor: str | None = None,
     chain_only: bool = False,
     master_key: MasterKeyProvider | None = None,
-    progress: Progress | None = None,
-    on_totals: Callable[[dict[str, int]], None] | None = None,
+    progress: Progress = NO_PROGRESS,
 ) -> VerifyReport:
     """Authenticate every record and data key and walk the audit chain.
 
     ``chain_only`` checks the chain alone, with the public keys and no secret (an auditor).
-    Otherwise the master key is required. ``on_totals`` receives how many records, data
-    keys and events the phases will check (for a progress bar), before they start.
+    Otherwise the master key is required. ``progress`` is started once per phase
+    (``events``, ``data keys``, ``records``) with its size.
     """
     settings = settings if settings is not None else load_settings()
     provider: MasterKeyProvider | None = None
@@ -181,14 +156,6 @@ def audit_verify(
         provider = master_key if master_key is not None else provider_from_settings(settings)
         _record_admin(settings, provider, "audit.verify", f"anchor {'given' if anchor else 'none'}")
     with _read_only(settings) as database:
-        if on_totals is not None:
-            on_totals(
-                {
-                    "events": _count(database, audit_events),
-                    "data keys": _count(database, data_keys),
-                    "records": _count(database, records),
-                }
-            )
         return verify(database, provider, anchor=anchor, progress=progress)
 
 
@@ -201,16 +168,19 @@ def audit_log(
     since: int | None = None,
     master_key: MasterKeyProvider | None = None,
 ) -> int:
-    """Write the audit events (oldest first) as text lines or a JSON array; return how many."""
+    """Write the audit events (oldest first) as text lines or a JSON array; return how many.
+
+    An unknown ``fmt`` raises :class:`~secure_kv.errors.InvalidInputError`.
+    """
     settings = settings if settings is not None else load_settings()
     if fmt not in ("json", "text"):
-        raise ValueError("format must be json or text")
+        raise InvalidInputError(f"unknown log format {fmt!r}: use text or json")
     provider = _provider_or_none(settings, master_key)
     _record_admin(settings, provider, "audit.log", f"workspace {workspace or 'all'}")
     with _read_only(settings) as database:
         events = iter_events(database, workspace=workspace, since=since)
         if fmt == "json":
-            return _write_json_array(out, events, None)
+            return write_json_array(out, events)
         count = 0
         for event in events:
             out.write(format_event(event) + "\n")

@@ -1,10 +1,10 @@
-"""Admin operations as plain typed functions; ``cli.py`` is a thin layer over them.
+"""Admin operations as plain typed functions; ``secure_kv.cli`` is a thin layer over them.
 
 Everything the CLI does is scriptable from Python and testable without a subprocess. Each
 function takes the settings (``None``: read ``SECURE_KV_*``) and optionally a master-key
 provider (``None``: the one the settings name), opens the store, does one job, reports it
-to the audit hook, and closes the store. The work itself lives in ``rotation.py``,
-``erasure.py`` and ``inventory.py``.
+to the audit hook, and closes the store. The work itself lives in ``admin/``
+(``rotation.py``, ``erasure.py``, ``inventory.py``).
 """
 
 from __future__ import annotations
@@ -25,10 +25,8 @@ from secure_kv.keys import (
     MasterKeyProvider,
     StaticMasterKey,
     WithPreviousKeys,
-    load_provider,
     provider_from_settings,
 )
-from secure_kv.keys.base import generate_master_key
 from secure_kv.progress import NO_PROGRESS, Progress
 from secure_kv.settings import Settings, load_settings
 from secure_kv.sql.database import Database, safe_url
@@ -41,14 +39,11 @@ from secure_kv.validation import check_workspace_name
 __all__ = [
     "DemoReport",
     "InitReport",
-    "KeyCreated",
     "StoredValue",
-    "create_provider_key",
     "delete_value",
     "demo",
     "get_value",
     "init",
-    "keygen",
     "list_keys",
     "purge",
     "rotate_master",
@@ -57,29 +52,6 @@ __all__ = [
     "shred",
     "status",
 ]
-
-
-def keygen() -> str:
-    """A new random master key: url-safe base64 of 32 bytes."""
-    return generate_master_key()
-
-
-@dataclass(frozen=True)
-class KeyCreated:
-    """What :func:`create_provider_key` did: the key's public fingerprint, and whether it
-    was made now (``False``: the provider already held it)."""
-
-    provider: str
-    kek_id: str
-    created: bool
-
-
-def create_provider_key(provider: str, settings: Settings | None = None) -> KeyCreated:
-    """Make the current master key inside the named provider (``pkcs11``: generated in the
-    token, non-extractable; ``keyring``: stored in the OS keyring), configured by settings."""
-    settings = settings if settings is not None else load_settings()
-    made = load_provider(provider, settings, create=True)
-    return KeyCreated(provider, made.current_key().kek_id, bool(getattr(made, "created", False)))
 
 
 @dataclass(frozen=True)
@@ -325,7 +297,7 @@ def shred(
     batch_size: int = erasure.DEFAULT_BATCH_RECORDS,
     progress: Progress = NO_PROGRESS,
 ) -> erasure.ShredReport:
-    """Crypto-shred ``workspace`` (see ``erasure.py``): irreversible."""
+    """Crypto-shred ``workspace`` (see ``admin/erasure.py``): irreversible."""
     if batch_size < 1:
         raise InvalidInputError("the batch size must be at least 1")
     with _open(settings, master_key) as store:

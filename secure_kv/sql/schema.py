@@ -84,7 +84,7 @@ records = sa.Table(
     sa.Column("value", SealedBytes, nullable=False),
     # The database itself refuses a record sealed under a data key that no longer exists:
     # a process still caching a retired key cannot write a record nobody could read. A
-    # rotation or shred deletes a key row only when this allows it (see retirement.py).
+    # rotation or shred deletes a key row only when this allows it (see admin/retirement.py).
     sa.ForeignKeyConstraint(
         ["workspace_id", "dek_version"],
         ["skv_data_keys.workspace_id", "skv_data_keys.version"],

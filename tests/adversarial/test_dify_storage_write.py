@@ -21,8 +21,7 @@ from secure_kv.errors import AuthenticationError, ConfigurationError, MasterKeyE
 from secure_kv.integrations.dify import EncryptedStorage
 from secure_kv.keys import EnvMasterKey, MasterKeyProvider, StaticMasterKey
 from secure_kv.keys.base import generate_master_key
-
-from ..dify_daemon import InMemoryDifyDaemon, import_sdk
+from tests.dify_daemon import InMemoryDifyDaemon, import_sdk
 
 try:
     import_sdk()

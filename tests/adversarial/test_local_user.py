@@ -28,8 +28,7 @@ from secure_kv.errors import MasterKeyError
 from secure_kv.keys import EnvMasterKey, FileMasterKey, KeyringMasterKey
 from secure_kv.keys.base import generate_master_key, parse_master_key
 from secure_kv.settings import load_settings
-
-from ..keyring_backend import MemoryKeyring
+from tests.keyring_backend import MemoryKeyring
 
 ROOT = Path(__file__).parent.parent.parent
 NOBODY = 65534

@@ -36,8 +36,8 @@ from secure_kv.audit.verify import verify
 from secure_kv.errors import AuthenticationError, SecureKVError
 from secure_kv.keys import StaticMasterKey
 from secure_kv.sql.schema import metadata
+from tests.conftest import BACKENDS, make_database_url
 
-from ..conftest import BACKENDS, make_database_url
 from .documented_cases import DOCUMENTED, documented_reason
 
 TTL = 3600.0

@@ -12,7 +12,8 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 
-from ..conftest import IN_CI
+from tests.conftest import IN_CI
+
 from .servers import PGBOUNCER, PgBouncer
 
 # Fewer server connections than the clients that share them, so every transaction may land

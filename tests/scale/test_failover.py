@@ -24,8 +24,8 @@ from secure_kv.cli import main
 from secure_kv.errors import StorageError
 from secure_kv.keys import EnvMasterKey
 from secure_kv.keys.base import generate_master_key
+from tests.conftest import IN_CI
 
-from ..conftest import IN_CI
 from .servers import PG_BIN, PgCluster, private_dir
 
 STANDBY_NAME = "skv_standby"

@@ -5,8 +5,8 @@ log work on it, and every statement the per-tenant calls send names the workspac
 router (Citus, or an application-level shard map) can send it to the tenant's server.
 
 The whole store/batch/rotation/audit suites run on the same schema with
-``SECURE_KV_TEST_PG_PARTITIONED=1 pytest -k postgresql tests/test_store.py tests/test_batch.py
-tests/test_rotation.py tests/test_audit_log.py`` (docs/scaling.md quotes the result).
+``SECURE_KV_TEST_PG_PARTITIONED=1 pytest -k postgresql tests/store/test_store.py tests/store/test_batch.py
+tests/admin/test_rotation.py tests/audit/test_audit_log.py`` (docs/scaling.md quotes the result).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from secure_kv.admin.rotation import rotate_master, rotate_workspaces
 from secure_kv.commands.audit import audit_verify
 from secure_kv.keys import StaticMasterKey
 from secure_kv.settings import load_settings
+from tests.conftest import make_database_url
 
-from ..conftest import make_database_url
 from .partitioned import PARTITIONS, partition_schema
 
 PARTITIONED = ("skv_records", "skv_data_keys")

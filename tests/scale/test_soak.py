@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from ..conftest import make_database_url
+from tests.conftest import make_database_url
+
 from .servers import PgBouncer
 from .soak import Faults, mysql_killer, postgres_killer, run_soak
 

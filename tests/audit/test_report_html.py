@@ -25,8 +25,7 @@ import pytest
 from secure_kv import Category, SecureStore, commands
 from secure_kv.keys import StaticMasterKey
 from secure_kv.settings import load_settings
-
-from .conftest import IN_CI
+from tests.conftest import IN_CI
 
 HOSTILE = "<script>alert(1)</script>"
 TOKEN_VALUE = b"sk-live-report-0123456789abcdef"

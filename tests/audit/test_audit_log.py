@@ -243,11 +243,10 @@ def test_a_running_store_moves_to_the_new_signing_key_after_rotate_master(
     from secure_kv import commands
     from secure_kv.audit import log as audit
     from secure_kv.keys import KeyringMasterKey
-    from secure_kv.keys.base import ReloadingProvider
     from secure_kv.settings import load_settings
 
-    monkeypatch.setattr(ReloadingProvider, "RELOAD_INTERVAL", 0.0)
-    monkeypatch.setattr(ReloadingProvider, "CURRENT_MAX_AGE", 0.0)
+    monkeypatch.setattr(KeyringMasterKey, "RELOAD_INTERVAL", 0.0)
+    monkeypatch.setattr(KeyringMasterKey, "CURRENT_MAX_AGE", 0.0)
     monkeypatch.setattr(audit, "_SIGNER_RECHECK_SECONDS", 0.0)  # a minute, in production
     settings = load_settings(database_url=database_url)
     running = KeyringMasterKey(create=True)

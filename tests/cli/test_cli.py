@@ -17,9 +17,8 @@ from secure_kv import SecureStore
 from secure_kv.cli import main
 from secure_kv.keys.base import parse_master_key
 from secure_kv.keys.env import forget_environment_keys
-
-from .dbstate import new_key
-from .keyring_backend import MemoryKeyring
+from tests.dbstate import new_key
+from tests.keyring_backend import MemoryKeyring
 
 
 def test_keygen_prints_a_usable_key() -> None:
@@ -393,3 +392,45 @@ def test_a_malformed_master_key_fails_in_one_line(
     assert result.exit_code == 1
     assert result.output.startswith("error: SECURE_KV_MASTER_KEY is not a valid master key")
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_the_cli_reaches_the_library_only_through_commands() -> None:
+    """cli/ is click over secure_kv.commands: it imports no store, admin, audit, sql, keys,
+    envelope or integration module, only commands and the foundation (issue 12)."""
+    import ast
+
+    import secure_kv.cli
+
+    allowed = ("secure_kv.cli", "secure_kv.commands", "secure_kv._clock", "secure_kv.categories")
+    allowed += ("secure_kv.display", "secure_kv.errors", "secure_kv.progress", "secure_kv.settings")
+    allowed += ("secure_kv.validation",)
+    found = []
+    for path in sorted(Path(secure_kv.cli.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module == "secure_kv":
+                names = [f"secure_kv.{alias.name}" for alias in node.names if alias.name != "__version__"]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            found += [
+                f"{path.name}: {name}"
+                for name in names
+                if name.startswith("secure_kv") and not name.startswith(allowed)
+            ]
+    assert found == []
+
+
+def test_every_name_secure_kv_commands_exports_resolves() -> None:
+    # Imported on first use (start-up): each public name still answers, and star-imports.
+    import secure_kv.commands as commands
+
+    for name in commands.__all__:
+        assert getattr(commands, name) is not None, name
+    namespace: dict[str, object] = {}
+    exec("from secure_kv.commands import *", namespace)
+    assert set(commands.__all__) <= set(namespace)
+    with pytest.raises(AttributeError):
+        commands.no_such_command  # noqa: B018

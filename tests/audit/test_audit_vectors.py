@@ -21,7 +21,8 @@ from secure_kv.audit.events import (
 )
 from secure_kv.audit.signing_keys import _kek_tag
 
-VECTORS = json.loads((Path(__file__).parent / "vectors" / "audit_v1.json").read_text(encoding="utf-8"))
+VECTORS_DIR = Path(__file__).resolve().parents[1] / "vectors"
+VECTORS = json.loads((VECTORS_DIR / "audit_v1.json").read_text(encoding="utf-8"))
 
 
 def spec_digest(v: dict[str, Any]) -> bytes:
@@ -98,9 +99,7 @@ def test_anchor_digest_matches_the_vector() -> None:
     assert anchor_digest(a["id"], a["created_at"], heads, keys).hex() == a["digest"]
 
 
-RETIRED = json.loads(
-    (Path(__file__).parent / "vectors" / "audit_retired_v1.json").read_text(encoding="utf-8")
-)
+RETIRED = json.loads((VECTORS_DIR / "audit_retired_v1.json").read_text(encoding="utf-8"))
 
 
 def test_a_retired_signing_keys_mark_matches_the_documented_layout_and_the_vector() -> None:

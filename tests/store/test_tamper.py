@@ -13,8 +13,7 @@ import sqlalchemy as sa
 from secure_kv import Category, SecureStore
 from secure_kv.errors import AuthenticationError, MasterKeyError, UnsupportedVersionError
 from secure_kv.keys import StaticMasterKey
-
-from .adversarial.raw import RawDatabase
+from tests.adversarial.raw import RawDatabase
 
 
 class Raw(RawDatabase):

@@ -21,9 +21,8 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from secure_kv.keys.base import generate_master_key
-
-from .conftest import IN_CI
-from .dify_daemon import InMemoryDifyDaemon, import_sdk
+from tests.conftest import IN_CI
+from tests.dify_daemon import InMemoryDifyDaemon, import_sdk
 
 try:
     import_sdk()
@@ -32,7 +31,7 @@ except ImportError:  # pragma: no cover - depends on the environment
         raise
     pytest.skip("dify-plugin is not installed: pip install 'secure-kv[dify]'", allow_module_level=True)
 
-EXAMPLE = Path(__file__).parent.parent / "examples" / "dify-plugin"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "dify-plugin"
 API_TOKEN = "sk-upstream-5f0c9e1d2b3a4c5d"
 
 

@@ -14,9 +14,8 @@ from secure_kv.admin.rotation import rotate_workspace
 from secure_kv.errors import InvalidInputError, StorageError
 from secure_kv.keys import StaticMasterKey
 from secure_kv.sql.schema import records
-
-from .bulk import default_value, fill_workspace, record_name
-from .dbstate import key_rows, last_version, record_versions
+from tests.bulk import default_value, fill_workspace, record_name
+from tests.dbstate import key_rows, last_version, record_versions
 
 
 class _Watch:

@@ -18,8 +18,7 @@ from secure_kv import SecureStore
 from secure_kv.cli import main
 from secure_kv.keys import EnvMasterKey
 from secure_kv.keys.base import generate_master_key
-
-from .terminal import cli_env
+from tests.terminal import cli_env
 
 
 def _run(
@@ -80,6 +79,23 @@ def test_a_simple_get_imports_neither_alembic_rich_nor_dify(env: dict[str, str])
     imported = _imported(["get", "w", "k"], env)
     assert "sqlalchemy" in imported  # it did read the store
     assert not imported & {"alembic", "rich", "dify_plugin"}
+
+
+def test_keygen_loads_neither_the_store_nor_alembic_nor_rich(env: dict[str, str]) -> None:
+    # Scripts make keys in loops: secure_kv.commands imports each command on first use.
+    code = SHOW_IMPORTS.replace('name.split(".")[0] for name in sys.modules', "sys.modules")
+    done = subprocess.run(
+        [sys.executable, "-c", code, "keygen"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert len(done.stdout.strip()) == 44, done.stderr  # the key, url-safe base64 of 32 bytes
+    imported = set(done.stderr.strip().splitlines()[-1].split())
+    assert "secure_kv.commands.keys" in imported
+    assert not imported & {"secure_kv.store", "secure_kv.commands.store", "alembic", "rich"}
 
 
 # --- 5: settings and the provider -----------------------------------------------------------

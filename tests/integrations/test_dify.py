@@ -47,9 +47,8 @@ from secure_kv.integrations.dify import (
 )
 from secure_kv.keys import StaticMasterKey
 from secure_kv.keys.base import generate_master_key
-
-from .conftest import IN_CI
-from .dify_daemon import (
+from tests.conftest import IN_CI
+from tests.dify_daemon import (
     LOAD_FAILED,
     MAX_LINE_BYTES,
     InMemoryDifyDaemon,
@@ -72,9 +71,10 @@ from dify_plugin import Tool
 from dify_plugin.entities.tool import ToolRuntime
 from dify_plugin.invocations.storage import StorageInvocation
 
-DOCS = Path(__file__).parent.parent / "docs" / "dify.md"
-VECTORS = json.loads((Path(__file__).parent / "vectors" / "dify_v2.json").read_text(encoding="utf-8"))
-VECTORS_V1 = json.loads((Path(__file__).parent / "vectors" / "dify_v1.json").read_text(encoding="utf-8"))
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "dify.md"
+VECTORS_DIR = Path(__file__).resolve().parents[1] / "vectors"
+VECTORS = json.loads((VECTORS_DIR / "dify_v2.json").read_text(encoding="utf-8"))
+VECTORS_V1 = json.loads((VECTORS_DIR / "dify_v1.json").read_text(encoding="utf-8"))
 T0 = 1_800_000_000 * 1_000_000  # a fixed "now", in microseconds
 TENANT_SECRET = generate_master_key()  # a tenant's secret-input credential
 
@@ -230,7 +230,7 @@ def test_it_works_in_a_plugin_process_patched_by_gevent() -> None:
     # a real plugin process has it, so run the same stack once that way.
     result = subprocess.run(
         [sys.executable, "-c", GEVENT_PLUGIN_PROCESS],
-        cwd=Path(__file__).parent.parent,
+        cwd=Path(__file__).resolve().parents[2],
         capture_output=True,
         text=True,
         timeout=300,

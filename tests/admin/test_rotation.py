@@ -20,12 +20,11 @@ from secure_kv.errors import AuthenticationError, InvalidInputError, MasterKeyEr
 from secure_kv.keys import StaticMasterKey
 from secure_kv.sql.schema import records
 from secure_kv.store.datakeys import MissingDataKeyError
+from tests.bulk import default_value, fill_workspace, record_name
+from tests.conftest import make_database_url
+from tests.dbstate import key_rows, last_version, new_key, record_times, record_versions
 
-from .bulk import default_value, fill_workspace, record_name
-from .conftest import make_database_url
-from .dbstate import key_rows, last_version, new_key, record_times, record_versions
-
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # --- master key -------------------------------------------------------------------------
@@ -426,11 +425,10 @@ def test_running_processes_follow_a_keyring_master_rotation_without_a_restart(
 ) -> None:
     from secure_kv import commands
     from secure_kv.keys import KeyringMasterKey
-    from secure_kv.keys.base import ReloadingProvider
     from secure_kv.settings import load_settings
 
-    monkeypatch.setattr(ReloadingProvider, "RELOAD_INTERVAL", 0.0)
-    monkeypatch.setattr(ReloadingProvider, "CURRENT_MAX_AGE", 0.0)
+    monkeypatch.setattr(KeyringMasterKey, "RELOAD_INTERVAL", 0.0)
+    monkeypatch.setattr(KeyringMasterKey, "CURRENT_MAX_AGE", 0.0)
     settings = load_settings(database_url=sqlite_url)
     running = KeyringMasterKey(create=True)  # the application's provider, read at start
     with SecureStore.open(sqlite_url, master_key=running, dek_cache_seconds=0.01) as app:
@@ -456,10 +454,10 @@ def test_a_running_process_rereads_a_rewritten_key_file(
 ) -> None:
     from secure_kv import commands
     from secure_kv.keys import FileMasterKey
-    from secure_kv.keys.base import ReloadingProvider, generate_master_key
+    from secure_kv.keys.base import generate_master_key
     from secure_kv.settings import load_settings
 
-    monkeypatch.setattr(ReloadingProvider, "RELOAD_INTERVAL", 0.0)
+    monkeypatch.setattr(FileMasterKey, "RELOAD_INTERVAL", 0.0)
     url = f"sqlite:///{tmp_path / 'store.db'}"
     key_file = tmp_path / "master.keys"
     old, new = generate_master_key(), generate_master_key()

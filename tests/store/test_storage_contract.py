@@ -14,9 +14,8 @@ from secure_kv import Category, SecureStore, Workspace
 from secure_kv.keys import StaticMasterKey
 from secure_kv.keys.base import generate_master_key
 from secure_kv.testing.storage import PluginStorageContract, StorageFactory
-
-from .conftest import IN_CI
-from .dify_daemon import InMemoryDifyDaemon, import_sdk
+from tests.conftest import IN_CI
+from tests.dify_daemon import InMemoryDifyDaemon, import_sdk
 
 
 class TestWorkspace(PluginStorageContract):

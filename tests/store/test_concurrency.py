@@ -22,9 +22,8 @@ from secure_kv.admin.erasure import purge
 from secure_kv.admin.rotation import rotate_workspace
 from secure_kv.errors import StorageError
 from secure_kv.keys import StaticMasterKey
-
-from .conftest import MYSQL_MAX_ALLOWED_PACKET, make_database_url
-from .tcp_proxy import TcpProxy
+from tests.conftest import MYSQL_MAX_ALLOWED_PACKET, make_database_url
+from tests.tcp_proxy import TcpProxy
 
 SPAWN = multiprocessing.get_context("spawn")
 

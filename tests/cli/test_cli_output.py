@@ -18,8 +18,7 @@ import pytest
 from secure_kv import Category, SecureStore
 from secure_kv.keys import EnvMasterKey
 from secure_kv.keys.base import generate_master_key
-
-from .terminal import Run, cli_env, run_at_terminal
+from tests.terminal import Run, cli_env, run_at_terminal
 
 RECORDS = 2500  # enough for the progress bars to draw (they count in thousands)
 

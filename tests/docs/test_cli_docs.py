@@ -24,7 +24,7 @@ from secure_kv import Category, SecureStore
 from secure_kv.keys import EnvMasterKey
 from secure_kv.keys.base import generate_master_key
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 REWRITES = {
     "postgresql+psycopg://admin@db/kv": "$TEST_URL",
@@ -54,7 +54,7 @@ def shell_blocks() -> list[tuple[str, str]]:
 def _run_elsewhere(block: str) -> str | None:
     """The test that runs this block's commands for real, when they cannot run here as written."""
     if any(flag in block for flag in KEYRING_ONLY):
-        return "tests/test_cli.py::test_rotate_master_generate_and_retire_with_the_keyring"
+        return "tests/cli/test_cli.py::test_rotate_master_generate_and_retire_with_the_keyring"
     if any(flag in block for flag in PROVIDER_MOVES):
         return (
             "tests/keys/test_provider_moves.py::"

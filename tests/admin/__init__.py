@@ -1,0 +1,1 @@
+"""secure_kv.admin: rotation, erasure (shred, purge) and data-key retirement."""

@@ -1,0 +1,1 @@
+"""Docs that run: README.md, the shell examples, docs/cli.md and examples/ checked against the code."""
