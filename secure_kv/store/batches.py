@@ -37,7 +37,7 @@ from secure_kv.validation import Buffer, check_key, check_ttl, check_value
 
 if TYPE_CHECKING:
     from secure_kv.store.datakeys import DataKeys
-    from secure_kv.store.internals import StoreParts
+    from secure_kv.store.parts import StoreParts
 
 __all__ = ["WorkspaceBatches"]
 

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 from types import TracebackType
 from typing import Any
 
 from secure_kv.audit.log import AuditLog
-from secure_kv.errors import ConfigurationError, InvalidTypeError, StorageError
-from secure_kv.keys import MasterKeyProvider
+from secure_kv.errors import ConfigurationError, InvalidTypeError, MasterKeyError, StorageError
+from secure_kv.keys import MasterKeyProvider, provider_from_settings
 from secure_kv.settings import Settings, load_settings
 from secure_kv.sql.database import Database, safe_url
+from secure_kv.sql.migrate import ensure_schema
 from secure_kv.sql.statements import Statements
-from secure_kv.store.datakeys import DataKeys
-from secure_kv.store.internals import StoreParts, open_store, record_event
+from secure_kv.store.datakeys import DataKeys, check_master_key
+from secure_kv.store.parts import StoreParts, record_event, store_parts
 from secure_kv.store.workspace import Workspace
 
-__all__ = ["SecureStore"]
+__all__ = ["SecureStore", "open_store"]
+
+log = logging.getLogger("secure_kv")
 
 
 class SecureStore:
@@ -129,3 +133,37 @@ class SecureStore:
         """Kept only until admin/rotation.py and admin/erasure.py call
         ``internals.record_event`` (branch admin-phases); then delete it."""
         record_event(self, action, **fields)
+
+
+def open_store(
+    settings: Settings, master_key: MasterKeyProvider | None = None, *, create_schema: bool = True
+) -> SecureStore:
+    """Open a store with settings already loaded (the admin commands).
+
+    ``master_key`` defaults to the provider the settings name. ``create_schema=False``
+    refuses a database without the schema instead of creating it.
+    """
+    provider = master_key if master_key is not None else provider_from_settings(settings)
+    provider.current_key()  # fail now, not on the first write, if the key is unavailable
+    database = Database(settings.database_url, settings, create=create_schema)
+    try:
+        ensure_schema(database, create=create_schema)
+        check_master_key(database, provider)
+    except MasterKeyError as error:
+        database.close()
+        # An authentication failure the audit log cannot record: without the right master
+        # key there is no signing key. Say it where operators look instead.
+        log.warning(
+            "authentication failure: master key %s refused for %s (actor %s): %s",
+            provider.current_key().kek_id,
+            safe_url(database.url),
+            settings.actor,
+            error,
+        )
+        raise
+    except BaseException:
+        database.close()
+        raise
+    store = SecureStore(database, provider, settings)
+    store_parts(store).audit.prepare()
+    return store

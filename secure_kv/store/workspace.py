@@ -6,7 +6,7 @@ opened (authenticated) on the way back. The batch calls live in store/batches.py
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from secure_kv._clock import now_micros
 from secure_kv.audit.log import refused
@@ -31,12 +31,9 @@ from secure_kv.errors import (
 from secure_kv.sql.database import UndecodableTextError
 from secure_kv.store.batches import WorkspaceBatches
 from secure_kv.store.datakeys import MissingDataKeyError
-from secure_kv.store.internals import store_parts
+from secure_kv.store.parts import HasParts, store_parts
 from secure_kv.store.policy import apply_credential_policy, expiry_for
 from secure_kv.validation import check_key, check_ttl, check_value, check_workspace_name
-
-if TYPE_CHECKING:
-    from secure_kv.store.secure_store import SecureStore
 
 __all__ = ["Workspace"]
 
@@ -52,7 +49,7 @@ class Workspace(WorkspaceBatches):
 
     __slots__ = ("_context_prefix", "_keys", "_name_bytes", "_parts", "name")
 
-    def __init__(self, store: SecureStore, name: str) -> None:
+    def __init__(self, store: HasParts, name: str) -> None:
         self._name_bytes = check_workspace_name(name)
         self._context_prefix = context_prefix(self._name_bytes)
         self.name = name
