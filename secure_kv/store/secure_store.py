@@ -14,7 +14,7 @@ from secure_kv.sql.database import Database, safe_url
 from secure_kv.sql.migrate import ensure_schema
 from secure_kv.sql.statements import Statements
 from secure_kv.store.datakeys import DataKeys, check_master_key
-from secure_kv.store.parts import StoreParts, record_event, store_parts
+from secure_kv.store.parts import StoreParts, store_parts
 from secure_kv.store.workspace import Workspace
 
 __all__ = ["SecureStore", "open_store"]
@@ -128,11 +128,6 @@ class SecureStore:
     def _internal_parts(self) -> StoreParts:
         """Its parts, for its workspaces and admin code: read through ``internals.store_parts``."""
         return self._parts
-
-    def _record_event(self, action: str, **fields: Any) -> None:
-        """Kept only until admin/rotation.py and admin/erasure.py call
-        ``internals.record_event`` (branch admin-phases); then delete it."""
-        record_event(self, action, **fields)
 
 
 def open_store(
