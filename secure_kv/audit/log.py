@@ -40,8 +40,15 @@ from secure_kv.envelope import HEADER_BYTES
 from secure_kv.errors import StorageError
 from secure_kv.keys.base import MasterKeyProvider
 from secure_kv.settings import AuditWrites, Settings
+from secure_kv.sql.audit_queries import (
+    insert_chain,
+    insert_event,
+    lock_chain_signing_key,
+    select_checkpoint_head,
+    select_last_event,
+    set_chain_head,
+)
 from secure_kv.sql.database import Database
-from secure_kv.sql.schema import audit_chains, audit_checkpoints, audit_events
 from secure_kv.sql.statements import AuditStatements
 
 __all__ = ["Appender", "AuditLog"]
@@ -210,9 +217,7 @@ class AuditLog:
                 if chain.generation == _fork.generation and chain.signer is signer:
                     return chain
         with self._db.connect() as connection, connection.begin():
-            result = connection.execute(
-                audit_chains.insert().values(signing_key_id=signer.id, created_at=now_micros())
-            )
+            result = connection.execute(insert_chain(signer.id, now_micros()))
             chain_id = int(_first_key(result))
         return _Chain(chain_id, signer)
 
@@ -298,13 +303,10 @@ class AuditLog:
         write access could set back over deleted events.
         """
         signer = self.signer()
-        table = audit_chains
         chain_id = self._locked_chain_id
         row = None
         if chain_id is not None:
-            row = connection.execute(
-                sa.select(table.c.signing_key_id).where(table.c.id == chain_id).with_for_update()
-            ).first()
+            row = connection.execute(lock_chain_signing_key(chain_id)).first()
         transaction = connection.get_transaction()
         head = None
         if chain_id is not None and row is not None and row[0] == signer.id:
@@ -312,11 +314,7 @@ class AuditLog:
         if chain_id is None or head is None:
             # First use, the transaction that created our chain was rolled back, or a new
             # signing key: a new chain, created in this transaction so that it is locked by it.
-            result = connection.execute(
-                table.insert().values(
-                    signing_key_id=signer.id, created_at=event.occurred_at, head_seq=0, head_digest=None
-                )
-            )
+            result = connection.execute(insert_chain(signer.id, event.occurred_at, empty_head=True))
             chain_id = int(_first_key(result))
             self._locked_chain_id = chain_id
             self._admin_committed = None
@@ -326,7 +324,7 @@ class AuditLog:
         seq += 1
         digest = event_digest(chain_id, seq, previous, event)
         connection.execute(
-            audit_events.insert().values(
+            insert_event(
                 chain_id=chain_id,
                 seq=seq,
                 occurred_at=event.occurred_at,
@@ -342,9 +340,7 @@ class AuditLog:
                 signature=signer.sign(digest),
             )
         )
-        connection.execute(
-            table.update().where(table.c.id == chain_id).values(head_seq=seq, head_digest=digest)
-        )
+        connection.execute(set_chain_head(chain_id, seq, digest))
         self._admin_written = (seq, digest)
         self._admin_transaction = transaction
 
@@ -358,14 +354,9 @@ class AuditLog:
             return None
         if transaction is not None and transaction is self._admin_transaction and transaction.is_active:
             return written  # the same transaction: our own head, not yet committed
-        e, c = audit_events.c, audit_checkpoints.c
-        stored = connection.execute(
-            sa.select(e.seq, e.digest).where(e.chain_id == chain_id).order_by(e.seq.desc()).limit(1)
-        ).first()
+        stored = connection.execute(select_last_event(chain_id)).first()
         if stored is None:
-            stored = connection.execute(
-                sa.select(c.seq, c.digest).where(c.chain_id == chain_id)
-            ).first()  # pruned up to its head
+            stored = connection.execute(select_checkpoint_head(chain_id)).first()  # pruned up to its head
         found = None if stored is None else (int(stored[0]), bytes(stored[1]))
         if found == written:
             self._admin_committed = written

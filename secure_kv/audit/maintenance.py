@@ -22,8 +22,23 @@ from secure_kv.audit.events import anchor_digest, checkpoint_message, event_dige
 from secure_kv.audit.signing_keys import trusted_signing_keys, verify_signature
 from secure_kv.audit.verify import ANCHOR_PREFIX, event_from_row, stream_rows
 from secure_kv.errors import AuthenticationError
+from secure_kv.sql.audit_queries import (
+    delete_checkpoint,
+    delete_events_through,
+    insert_anchor,
+    insert_checkpoint,
+    select_chain_heads,
+    select_chain_keys,
+    select_chains_with_events_before,
+    select_checkpoint,
+    select_checkpoint_heads,
+    select_events,
+    select_events_of_chain,
+    select_first_seq_from,
+    select_last_seq,
+    set_anchor_digest,
+)
 from secure_kv.sql.database import Database
-from secure_kv.sql.schema import audit_anchors, audit_chains, audit_checkpoints, audit_events
 from secure_kv.store.internals import record_event, store_parts
 
 if TYPE_CHECKING:
@@ -40,12 +55,7 @@ def iter_events(
     database: Database, *, workspace: str | None = None, since: int | None = None
 ) -> Iterator[dict[str, Any]]:
     """Events as plain dicts, oldest first, streamed. Never a value: there is none to show."""
-    e = audit_events.c
-    query = sa.select(audit_events).order_by(e.occurred_at, e.chain_id, e.seq)
-    if workspace is not None:
-        query = query.where(e.workspace == workspace.encode("utf-8"))
-    if since is not None:
-        query = query.where(e.occurred_at >= since)
+    query = select_events(None if workspace is None else workspace.encode("utf-8"), since)
     for row in stream_rows(database, query):
         yield {
             "time": format_time(row.occurred_at),
@@ -89,29 +99,17 @@ def take_anchor(store: SecureStore) -> Anchor:
     """
     parts = store_parts(store)
     database = parts.database
-    e, c = audit_events.c, audit_checkpoints.c
-    heads_query = sa.select(e.chain_id, e.seq, e.digest).join_from(
-        audit_events,
-        sa.select(e.chain_id.label("chain"), sa.func.max(e.seq).label("top"))
-        .group_by(e.chain_id)
-        .subquery("h"),
-        sa.and_(sa.literal_column("h.chain") == e.chain_id, sa.literal_column("h.top") == e.seq),
-    )
     now = now_micros()
     with database.connect(lock=True) as connection, connection.begin():
         heads = {
-            int(chain): (int(seq), bytes(digest)) for chain, seq, digest in connection.execute(heads_query)
+            int(chain): (int(seq), bytes(digest))
+            for chain, seq, digest in connection.execute(select_chain_heads())
         }
-        for chain, seq, digest in connection.execute(sa.select(c.chain_id, c.seq, c.digest)):
+        for chain, seq, digest in connection.execute(select_checkpoint_heads()):
             heads.setdefault(int(chain), (int(seq), bytes(digest)))
         trusted = trusted_signing_keys(connection, parts.provider)
         keys = trusted.public
-        chain_keys = {
-            int(chain): int(key_id)
-            for chain, key_id in connection.execute(
-                sa.select(audit_chains.c.id, audit_chains.c.signing_key_id)
-            )
-        }
+        chain_keys = {int(chain): int(key_id) for chain, key_id in connection.execute(select_chain_keys())}
         untrusted = [f"audit signing key {p.key_id}: {p.problem}" for p in trusted.problems]
         for chain in sorted(heads):
             if chain_keys.get(chain) not in keys:
@@ -127,14 +125,12 @@ def take_anchor(store: SecureStore) -> Anchor:
                 "keys": [[key_id, public.hex()] for key_id, public in sorted(keys.items())],
             }
         )
-        result = connection.execute(audit_anchors.insert().values(created_at=now, heads=text, digest=b""))
+        result = connection.execute(insert_anchor(now, text))
         key = result.inserted_primary_key
         assert key is not None
         anchor_id = int(key[0])
         digest = anchor_digest(anchor_id, now, listed, sorted(keys.items()))
-        connection.execute(
-            audit_anchors.update().where(audit_anchors.c.id == anchor_id).values(digest=digest)
-        )
+        connection.execute(set_anchor_digest(anchor_id, digest))
         events = sum(seq for _, seq, _ in listed)
         record_event(
             store,
@@ -165,35 +161,20 @@ def prune(store: SecureStore, before: int) -> PruneReport:
     parts = store_parts(store)
     database = parts.database
     signer = parts.audit.signer()
-    e = audit_events.c
     with database.connect() as connection:
-        chains = [
-            int(chain)
-            for (chain,) in connection.execute(
-                sa.select(e.chain_id).where(e.occurred_at < before).group_by(e.chain_id).order_by(e.chain_id)
-            )
-        ]
+        chains = [int(chain) for (chain,) in connection.execute(select_chains_with_events_before(before))]
         keys = trusted_signing_keys(connection, parts.provider).public
-        chain_keys = {
-            int(chain): int(key_id)
-            for chain, key_id in connection.execute(
-                sa.select(audit_chains.c.id, audit_chains.c.signing_key_id)
-            )
-        }
+        chain_keys = {int(chain): int(key_id) for chain, key_id in connection.execute(select_chain_keys())}
     removed, cut_chains, refused = 0, 0, []
     for chain in chains:
         with database.connect(lock=True) as connection, connection.begin():
-            first_kept = connection.execute(
-                sa.select(sa.func.min(e.seq)).where(e.chain_id == chain, e.occurred_at >= before)
-            ).scalar()
+            first_kept = connection.execute(select_first_seq_from(chain, before)).scalar()
             cut = (
                 int(first_kept) - 1
                 if first_kept is not None
-                else connection.execute(sa.select(sa.func.max(e.seq)).where(e.chain_id == chain)).scalar()
+                else connection.execute(select_last_seq(chain)).scalar()
             )
-            checkpoint = connection.execute(
-                sa.select(audit_checkpoints).where(audit_checkpoints.c.chain_id == chain)
-            ).first()
+            checkpoint = connection.execute(select_checkpoint(chain)).first()
             start = int(checkpoint.seq) if checkpoint is not None else 0
             if cut is None or int(cut) <= start:
                 continue
@@ -204,9 +185,9 @@ def prune(store: SecureStore, before: int) -> PruneReport:
                 refused.append(f"chain {chain}: {error}")
                 continue
             created_at = now_micros()
-            connection.execute(sa.delete(audit_checkpoints).where(audit_checkpoints.c.chain_id == chain))
+            connection.execute(delete_checkpoint(chain))
             connection.execute(
-                audit_checkpoints.insert().values(
+                insert_checkpoint(
                     chain_id=chain,
                     seq=cut,
                     digest=digest,
@@ -215,9 +196,7 @@ def prune(store: SecureStore, before: int) -> PruneReport:
                     signature=signer.sign(checkpoint_message(chain, cut, digest, created_at)),
                 )
             )
-            removed += connection.execute(
-                sa.delete(audit_events).where(e.chain_id == chain, e.seq <= cut)
-            ).rowcount
+            removed += connection.execute(delete_events_through(chain, cut)).rowcount
             cut_chains += 1
     record_event(
         store,
@@ -260,12 +239,7 @@ def _check_segment(
     else:
         seq, previous = 0, genesis_digest(chain, key_id)
     signature = b""
-    rows = connection.execute(
-        sa.select(audit_events)
-        .where(audit_events.c.chain_id == chain, audit_events.c.seq > seq, audit_events.c.seq <= cut)
-        .order_by(audit_events.c.seq)
-        .execution_options(stream_results=True, yield_per=2000)
-    )
+    rows = connection.execute(select_events_of_chain(chain, seq, cut, yield_per=2000))
     for row in rows:
         seq += 1
         if int(row.seq) != seq or event_digest(chain, seq, previous, event_from_row(row)) != bytes(

@@ -14,13 +14,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlalchemy as sa
-
 from secure_kv._clock import format_time, now_micros
 from secure_kv.audit.verify import stream_rows
 from secure_kv.envelope import ALGORITHM_NAMES
 from secure_kv.sql.database import Database
-from secure_kv.sql.schema import data_keys, records, workspaces
+from secure_kv.sql.statements import count_data_keys_due, select_report_rows
 
 __all__ = ["REPORT_FIELDS", "ReportSummary", "iter_report", "iter_report_rows"]
 
@@ -90,31 +88,7 @@ def iter_report_rows(
     """One tuple per record, fields in :data:`REPORT_FIELDS` order (the fast path: the
     report's speed is the speed of reading rows).
     """
-    r, w, d = records.c, workspaces.c, data_keys.c
-    query = (
-        sa.select(
-            w.name,
-            r.record_key,
-            r.category,
-            r.created_at,
-            r.updated_at,
-            r.expires_at,
-            r.dek_version,
-            w.last_dek_version,
-            d.created_at.label("dek_created_at"),
-            d.kek_id,
-            d.wrapped.is_(None).label("shredded"),
-            sa.func.substr(r.value, 1, 2).label("head"),
-        )
-        .select_from(
-            records.join(workspaces, w.id == r.workspace_id).outerjoin(
-                data_keys, sa.and_(d.workspace_id == r.workspace_id, d.version == r.dek_version)
-            )
-        )
-        .order_by(r.workspace_id, r.record_key)
-    )
-    if workspace is not None:
-        query = query.where(w.name == workspace.encode("utf-8"))
+    query = select_report_rows(None if workspace is None else workspace.encode("utf-8"))
     now = now_micros()
     summary.max_age_days = max_age_days
     categories: Counter[str] = Counter()
@@ -183,16 +157,9 @@ def _add(
 
 
 def _count_due_keys(database: Database, summary: ReportSummary, workspace: str | None, cutoff: int) -> None:
-    w, d = workspaces.c, data_keys.c
-    old = sa.and_(d.wrapped.is_not(None), d.created_at < cutoff)
-    joined = data_keys.join(workspaces, w.id == d.workspace_id)
-    where = [old] if workspace is None else [old, w.name == workspace.encode("utf-8")]
+    name = None if workspace is None else workspace.encode("utf-8")
     with database.connect() as connection:
-        summary.data_keys_due = int(
-            connection.execute(sa.select(sa.func.count()).select_from(joined).where(*where)).scalar_one()
-        )
+        summary.data_keys_due = int(connection.execute(count_data_keys_due(cutoff, name)).scalar_one())
         summary.workspaces_due = int(
-            connection.execute(
-                sa.select(sa.func.count()).select_from(joined).where(*where, d.version == w.last_dek_version)
-            ).scalar_one()
+            connection.execute(count_data_keys_due(cutoff, name, current_only=True)).scalar_one()
         )

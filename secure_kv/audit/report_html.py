@@ -28,15 +28,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-import sqlalchemy as sa
-
 from secure_kv._clock import format_time, now_micros
 from secure_kv.audit.report import REPORT_FIELDS, ReportSummary
 from secure_kv.audit.verify import verify
 from secure_kv.display import shown, shown_message
 from secure_kv.errors import ConfigurationError
+from secure_kv.sql.audit_queries import (
+    count_token_reads_by_actor_and_day,
+    select_recent_anchors,
+    select_recent_events,
+)
 from secure_kv.sql.database import Database
-from secure_kv.sql.schema import audit_anchors, audit_events, data_keys, workspaces
+from secure_kv.sql.statements import select_data_key_report
 
 __all__ = ["HTML_FIELDS", "check_available", "write_html_report"]
 
@@ -162,21 +165,7 @@ def _with_csp(html: str) -> str:
 
 
 def _gather_keys(database: Database, page: ReportPage, workspace: str | None) -> None:
-    w, d = workspaces.c, data_keys.c
-    query = (
-        sa.select(
-            w.name,
-            d.version,
-            d.kek_id,
-            d.created_at,
-            d.wrapped.is_(None).label("destroyed"),
-            w.last_dek_version,
-        )
-        .select_from(data_keys.join(workspaces, w.id == d.workspace_id))
-        .order_by(w.name, d.version)
-    )
-    if workspace is not None:
-        query = query.where(w.name == workspace.encode("utf-8"))
+    query = select_data_key_report(None if workspace is None else workspace.encode("utf-8"))
     now = now_micros()
     with database.connect() as connection:
         for row in connection.execute(query):
@@ -199,24 +188,11 @@ def _gather_keys(database: Database, page: ReportPage, workspace: str | None) ->
 
 
 def _gather_events(database: Database, page: ReportPage, workspace: str | None) -> None:
-    e = audit_events.c
-    day = (e.occurred_at // DAY_MICROS).label("day")
-    reads = (
-        sa.select(e.actor, day, sa.func.count().label("n"))
-        .where(e.action == "record.read", e.category == "token")
-        .group_by(e.actor, day)
+    reads = count_token_reads_by_actor_and_day(
+        DAY_MICROS, None if workspace is None else workspace.encode("utf-8")
     )
-    rotations = (
-        sa.select(e.occurred_at, e.actor, e.action, e.outcome, e.detail)
-        .where(e.action.in_(ROTATION_ACTIONS))
-        .order_by(e.occurred_at.desc())
-        .limit(10)
-    )
-    if workspace is not None:
-        reads = reads.where(e.workspace == workspace.encode("utf-8"))
-    anchors = (
-        sa.select(audit_anchors.c.id, audit_anchors.c.created_at).order_by(audit_anchors.c.id.desc()).limit(5)
-    )
+    rotations = select_recent_events(ROTATION_ACTIONS, limit=10)
+    anchors = select_recent_anchors(limit=5)
     with database.connect() as connection:
         per_actor: dict[str, dict[int, int]] = defaultdict(dict)
         for actor, read_day, count in connection.execute(reads):

@@ -40,8 +40,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from secure_kv.audit.events import retired_chains_digest
 from secure_kv.errors import AuthenticationError, MasterKeyError, UnsupportedVersionError
 from secure_kv.keys.base import MasterKey, MasterKeyProvider
+from secure_kv.sql.audit_queries import (
+    insert_signing_key,
+    retire_signing_key,
+    select_checkpoint_heads_of_key,
+    select_event_heads_of_key,
+    select_public_keys,
+    select_signing_keys,
+)
 from secure_kv.sql.database import Database
-from secure_kv.sql.schema import audit_chains, audit_checkpoints, audit_events, audit_signing_keys
 
 __all__ = [
     "KeyProblem",
@@ -78,24 +85,10 @@ def _kek_tag(kek_id: str) -> bytes:
 def _retired_heads(connection: sa.Connection, key_id: int) -> bytes:
     """The digest of the heads of every chain ``key_id`` signed, as the table holds them now:
     each chain's last event, or its prune checkpoint if every event was pruned."""
-    e, c, ch = audit_events.c, audit_checkpoints.c, audit_chains.c
-    chains = sa.select(ch.id).where(ch.signing_key_id == key_id)
     heads: dict[int, tuple[int, bytes]] = {}
-    for chain, seq, digest in connection.execute(
-        sa.select(c.chain_id, c.seq, c.digest).where(c.chain_id.in_(chains))
-    ):
+    for chain, seq, digest in connection.execute(select_checkpoint_heads_of_key(key_id)):
         heads[int(chain)] = (int(seq), bytes(digest))
-    top = (
-        sa.select(e.chain_id.label("chain"), sa.func.max(e.seq).label("top"))
-        .where(e.chain_id.in_(chains))
-        .group_by(e.chain_id)
-        .subquery("h")
-    )
-    for chain, seq, digest in connection.execute(
-        sa.select(e.chain_id, e.seq, e.digest).join(
-            top, sa.and_(top.c.chain == e.chain_id, top.c.top == e.seq)
-        )
-    ):
+    for chain, seq, digest in connection.execute(select_event_heads_of_key(key_id)):
         heads[int(chain)] = (int(seq), bytes(digest))
     return retired_chains_digest(key_id, [(chain, seq, digest) for chain, (seq, digest) in heads.items()])
 
@@ -166,15 +159,8 @@ def _unwrap(master: MasterKey, key_id: int, public_key: bytes, wrapped: bytes) -
     return private
 
 
-def _key_rows(connection: sa.Connection, *where: Any) -> list[Any]:
-    table = audit_signing_keys
-    return list(
-        connection.execute(
-            sa.select(table.c.id, table.c.public_key, table.c.kek_id, table.c.wrapped)
-            .where(*where)
-            .order_by(table.c.id)
-        ).all()
-    )
+def _key_rows(connection: sa.Connection, kek_id: str | None = None) -> list[Any]:
+    return list(connection.execute(select_signing_keys(kek_id)).all())
 
 
 def load_signing_key(database: Database, provider: MasterKeyProvider, now: int) -> SigningKey:
@@ -189,7 +175,7 @@ def load_signing_key(database: Database, provider: MasterKeyProvider, now: int) 
     current = provider.current_key()
     for _ in range(_MAX_ATTEMPTS):
         with database.connect() as connection:
-            rows = _key_rows(connection, audit_signing_keys.c.kek_id == current.kek_id)
+            rows = _key_rows(connection, current.kek_id)
         for key_id, public_key, kek_id, wrapped in rows:
             try:
                 private = _unwrap(current, int(key_id), public_key, wrapped)
@@ -207,9 +193,7 @@ def _insert_new_key(database: Database | sa.Connection, master: MasterKey, now: 
     private = Ed25519PrivateKey.generate()
     public_key = private.public_key().public_bytes_raw()
     wrapped = master.wrap(private.private_bytes_raw(), _associated_data(public_key))
-    insert = audit_signing_keys.insert().values(
-        public_key=public_key, kek_id=master.kek_id, wrapped=wrapped, created_at=now
-    )
+    insert = insert_signing_key(public_key, master.kek_id, wrapped, now)
     if isinstance(database, sa.Connection):
         database.execute(insert)
         return
@@ -220,11 +204,7 @@ def _insert_new_key(database: Database | sa.Connection, master: MasterKey, now: 
 def public_keys(connection: sa.Connection) -> dict[int, bytes]:
     """Every signing key's public half as stored, by id, unauthenticated: see
     :func:`trusted_signing_keys` for the ones whose signatures count."""
-    table = audit_signing_keys
-    return {
-        int(key_id): bytes(public)
-        for key_id, public in connection.execute(sa.select(table.c.id, table.c.public_key))
-    }
+    return {int(key_id): bytes(public) for key_id, public in connection.execute(select_public_keys())}
 
 
 @dataclass
@@ -323,7 +303,6 @@ def replace_signing_keys(
     they are and counted in ``remaining``. An active key the current master key already
     wraps was never under an old key, and is kept. Run again, it changes nothing.
     """
-    table = audit_signing_keys
     current = provider.current_key()
     previous = {_kek_tag(key.kek_id) for key in provider.previous_keys()}
     created = retired = remaining = 0
@@ -364,9 +343,13 @@ def replace_signing_keys(
             mark = _retired_heads(connection, int(key_id)) + _kek_tag(kek_id)
             retired += 1
         connection.execute(
-            table.update()
-            .where(table.c.id == key_id, table.c.kek_id == kek_id, table.c.wrapped == wrapped)
-            .values(kek_id=current.kek_id, wrapped=current.wrap(mark, _retired_associated_data(public_key)))
+            retire_signing_key(
+                key_id,
+                kek_id,
+                wrapped,
+                current.kek_id,
+                current.wrap(mark, _retired_associated_data(public_key)),
+            )
         )
     if not active_current:
         _insert_new_key(connection, current, now)

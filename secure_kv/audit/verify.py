@@ -48,16 +48,20 @@ from secure_kv.envelope import (
 from secure_kv.errors import AuthenticationError, InvalidInputError, MasterKeyError, UnsupportedVersionError
 from secure_kv.keys.base import MasterKeyProvider
 from secure_kv.progress import NO_PROGRESS, Progress
+from secure_kv.sql.audit_queries import (
+    select_anchor,
+    select_chain_keys,
+    select_checkpoints,
+    select_events_by_chain,
+    select_signatures,
+)
 from secure_kv.sql.database import Database, UndecodableTextError
-from secure_kv.sql.schema import (
-    audit_anchors,
-    audit_chains,
-    audit_checkpoints,
-    audit_events,
-    data_keys,
-    metadata,
-    records,
-    workspaces,
+from secure_kv.sql.schema import audit_events, data_keys, metadata, records
+from secure_kv.sql.statements import (
+    count_rows,
+    select_data_keys_to_verify,
+    select_mistyped_cells,
+    select_records_to_verify,
 )
 
 __all__ = [
@@ -194,7 +198,7 @@ class _Phase:
 
 def _count(database: Database, table: sa.Table) -> int:
     with database.connect() as connection:
-        return int(connection.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
+        return int(connection.execute(count_rows(table)).scalar_one())
 
 
 # --- the anchor -----------------------------------------------------------------------
@@ -206,9 +210,7 @@ def _check_anchor(
     """The anchored heads and signing keys, once the anchor record matches the line kept
     outside; nothing pinned if it does not (then the failure is reported)."""
     anchor_id, expected = anchored
-    row = connection.execute(
-        sa.select(audit_anchors.c.created_at, audit_anchors.c.heads).where(audit_anchors.c.id == anchor_id)
-    ).first()
+    row = connection.execute(select_anchor(anchor_id)).first()
     if row is None:
         report.fail(f"anchor {anchor_id}", "its record is missing from skv_audit_anchors (deleted)")
         return {}, {}
@@ -267,13 +269,8 @@ def _verify_chains(
     tick: _Phase,
 ) -> None:
     with database.connect() as connection:
-        chains = {
-            int(chain_id): int(key_id)
-            for chain_id, key_id in connection.execute(
-                sa.select(audit_chains.c.id, audit_chains.c.signing_key_id)
-            )
-        }
-        checkpoints = {int(row.chain_id): row for row in connection.execute(sa.select(audit_checkpoints))}
+        chains = {int(chain_id): int(key_id) for chain_id, key_id in connection.execute(select_chain_keys())}
+        checkpoints = {int(row.chain_id): row for row in connection.execute(select_checkpoints())}
     report.chains = len(chains)
     for chain_id, row in checkpoints.items():
         public = keys.get(int(row.signing_key_id))
@@ -284,9 +281,7 @@ def _verify_chains(
             )
     seen: set[int] = set()
     state: _ChainState | None = None
-    for row in stream_rows(
-        database, sa.select(audit_events).order_by(audit_events.c.chain_id, audit_events.c.seq)
-    ):
+    for row in stream_rows(database, select_events_by_chain()):
         chain_id = int(row.chain_id)
         if state is None or state.chain_id != chain_id:
             if state is not None:
@@ -382,12 +377,7 @@ def _finish_chain(
 def _check_every_signature(database: Database, state: _ChainState, report: VerifyReport) -> None:
     if state.public_key is None:
         return
-    query = (
-        sa.select(audit_events.c.seq, audit_events.c.digest, audit_events.c.signature)
-        .where(audit_events.c.chain_id == state.chain_id)
-        .order_by(audit_events.c.seq)
-    )
-    for row in stream_rows(database, query):
+    for row in stream_rows(database, select_signatures(state.chain_id)):
         if not verify_signature(state.public_key, bytes(row.signature), bytes(row.digest)):
             report.fail(
                 f"event {row.seq} of chain {state.chain_id}",
@@ -425,14 +415,12 @@ def _verify_cell_types(database: Database, report: VerifyReport) -> None:
     Generated from the schema, so a new column is covered too."""
     for table in metadata.sorted_tables:
         checks = {column.name: _storage_classes(column) for column in table.columns}
-        wrong = sa.or_(*(sa.func.typeof(table.c[name]).not_in(kinds) for name, kinds in checks.items()))
-        key = [sa.cast(column, sa.LargeBinary) for column in table.primary_key.columns]
-        kinds_query = [sa.func.typeof(table.c[name]) for name in checks]
-        query = sa.select(*key, *kinds_query).where(wrong).limit(MAX_LISTED_FAILURES)
+        query = select_mistyped_cells(table, checks, MAX_LISTED_FAILURES)
+        key_columns = len(table.primary_key.columns)
         with database.connect() as connection:
             for row in connection.execute(query):
-                where = ", ".join(_show(cell) for cell in row[: len(key)])
-                for (name, kinds), kind in zip(checks.items(), row[len(key) :], strict=True):
+                where = ", ".join(_show(cell) for cell in row[:key_columns])
+                for (name, kinds), kind in zip(checks.items(), row[key_columns:], strict=True):
                     if kind not in kinds:
                         found = str(kind)
                         report.fail(f"row ({where}) of {table.name}", f"column {name} holds {found} (edited)")
@@ -451,19 +439,7 @@ def _storage_classes(column: Any) -> tuple[str, ...]:
 def _verify_data_keys(
     database: Database, provider: MasterKeyProvider, report: VerifyReport, tick: _Phase
 ) -> None:
-    d = data_keys.c
-    sqlite = database.dialect_name == "sqlite"
-    query = (
-        sa.select(
-            _as_bytes(workspaces.c.name, sqlite),
-            d.version,
-            _as_bytes(d.kek_id, sqlite),
-            _as_bytes(d.wrapped, sqlite),
-            *_sqlite_types(sqlite, workspaces.c.name, d.version, d.kek_id, d.wrapped),
-        )
-        .select_from(data_keys.join(workspaces, workspaces.c.id == d.workspace_id))
-        .order_by(d.workspace_id, d.version)
-    )
+    query = select_data_keys_to_verify(database.dialect_name == "sqlite")
     for row in stream_rows(database, query):
         report.data_keys += 1
         name, version, kek_id, wrapped = row[:4]
@@ -496,32 +472,7 @@ _RECORD_TYPES = ("blob", "blob", "text", "integer", ("integer", "null"), "blob")
 def _verify_records(
     database: Database, provider: MasterKeyProvider, report: VerifyReport, tick: _Phase
 ) -> None:
-    r, d = records.c, data_keys.c
-    sqlite = database.dialect_name == "sqlite"
-    query = (
-        sa.select(
-            _as_bytes(workspaces.c.name, sqlite),
-            r.workspace_id,
-            _as_bytes(r.record_key, sqlite),
-            _as_bytes(r.category, sqlite),
-            r.dek_version,
-            r.expires_at,
-            _as_bytes(r.value, sqlite),
-            _as_bytes(d.kek_id, sqlite),
-            _as_bytes(d.wrapped, sqlite),
-            d.version,
-            *_sqlite_types(
-                sqlite, workspaces.c.name, r.record_key, r.category, r.dek_version, r.expires_at, r.value
-            ),
-        )
-        .select_from(
-            # Outer joins: a record whose workspace or data key is missing is reported, not skipped.
-            records.outerjoin(workspaces, workspaces.c.id == r.workspace_id).outerjoin(
-                data_keys, sa.and_(d.workspace_id == r.workspace_id, d.version == r.dek_version)
-            )
-        )
-        .order_by(r.workspace_id, r.record_key)
-    )
+    query = select_records_to_verify(database.dialect_name == "sqlite")
     current_workspace = None
     cache: dict[int, DataKey | Exception] = {}
     for row in stream_rows(database, query):
@@ -576,16 +527,6 @@ def _verify_records(
     tick.reached(report.records)
 
 
-def _as_bytes(column: Any, sqlite: bool) -> Any:
-    """On SQLite, a text or blob column read as bytes: a cell whose bytes are not UTF-8
-    would otherwise stop the whole scan inside the driver (its type is checked apart)."""
-    return sa.cast(column, sa.LargeBinary).label(column.name) if sqlite else column
-
-
-def _sqlite_types(sqlite: bool, *columns: Any) -> list[Any]:
-    return [sa.func.typeof(column) for column in columns] if sqlite else []
-
-
 def _types_hold(found: Any, expected: tuple[str | tuple[str, ...], ...]) -> bool:
     if not found:
         return True  # not SQLite: the server enforces each column's type
@@ -596,7 +537,8 @@ def _types_hold(found: Any, expected: tuple[str | tuple[str, ...], ...]) -> bool
 
 
 def _text(cell: Any) -> str:
-    """A text cell as str (bytes on SQLite, see :func:`_as_bytes`); "" if not UTF-8."""
+    """A text cell as str (bytes on SQLite: see
+    :func:`~secure_kv.sql.statements.select_records_to_verify`); "" if not UTF-8."""
     if isinstance(cell, (bytes, bytearray, memoryview)):
         try:
             return bytes(cell).decode("utf-8")

@@ -25,7 +25,7 @@ from secure_kv.progress import NO_PROGRESS, Progress
 from secure_kv.settings import Settings, load_settings
 from secure_kv.sql.database import Database
 from secure_kv.sql.migrate import ensure_schema
-from secure_kv.sql.schema import records, workspaces
+from secure_kv.sql.statements import count_records, count_records_in_workspace
 from secure_kv.store.internals import open_store, record_event
 
 __all__ = ["audit_anchor", "audit_log", "audit_prune", "audit_report", "audit_verify", "format_event"]
@@ -62,10 +62,8 @@ def _record_admin(settings: Settings, provider: MasterKeyProvider | None, action
         record_event(store, action, detail=detail)
 
 
-def _count(database: Database, table: sa.Table, where: Any = None) -> int:
-    query = sa.select(sa.func.count()).select_from(table)
-    if where is not None:
-        query = query.where(where)
+def _count_records(database: Database, workspace: str | None) -> int:
+    query = count_records() if workspace is None else count_records_in_workspace(workspace.encode("utf-8"))
     with database.connect() as connection:
         return int(connection.execute(query).scalar_one())
 
@@ -98,12 +96,7 @@ def audit_report(
     with _read_only(settings) as database:
         total = 0
         if progress is not NO_PROGRESS:  # counting is a scan: only when someone watches
-            where = None
-            if workspace is not None:
-                where = records.c.workspace_id.in_(
-                    sa.select(workspaces.c.id).where(workspaces.c.name == workspace.encode("utf-8"))
-                )
-            total = _count(database, records, where)
+            total = _count_records(database, workspace)
         progress.start(total, "records")
         rows = _counting(
             iter_report_rows(database, summary, workspace=workspace, max_age_days=settings.dek_max_age_days),

@@ -1,11 +1,14 @@
-"""Every SQL statement secure_kv runs, built by SQLAlchemy in this one module.
+"""Every SQL statement secure_kv runs on records, workspaces and data keys, and the audited
+hot path's, built by SQLAlchemy in this one module (the audit log's other statements, on the
+``skv_audit_*`` tables alone, are in :mod:`secure_kv.sql.audit_queries`).
 
 The hot path's statements (:class:`Statements`, :class:`AuditStatements`) are compiled once
 per dialect and run on DBAPI cursors: at run time the compiled string goes straight to the
 driver, skipping the per-execution machinery that costs more than the encryption itself.
 The administrative work of ``secure_kv.admin`` (rotation, shred, purge, status) runs rarely: its
 statements are named builders returning SQLAlchemy Core clauses, run on a Connection, except
-for a rotation's per-record ones, compiled like the hot path's.
+for a rotation's per-record ones, compiled like the hot path's. So do the audit reports'
+and ``audit verify``'s reads of records and data keys (streamed by the caller).
 
 Three tricks keep unaudited operations at one round trip and audited ones atomic
 (:class:`AuditStatements`):
@@ -41,6 +44,7 @@ __all__ = [
     "AuditStatements",
     "Statement",
     "Statements",
+    "count_data_keys_due",
     "count_data_keys_to_rewrap",
     "count_data_keys_to_rewrap_by_kek",
     "count_data_keys_wrapped_by",
@@ -48,8 +52,10 @@ __all__ = [
     "count_records",
     "count_records_by_data_key",
     "count_records_from_version",
+    "count_records_in_workspace",
     "count_records_in_workspaces",
     "count_records_through",
+    "count_rows",
     "count_signing_keys_not_wrapped_by",
     "delete_data_keys",
     "delete_expired",
@@ -61,16 +67,23 @@ __all__ = [
     "reseal_record",
     "rewrap_data_key",
     "select_all_data_keys",
+    "select_data_key_report",
     "select_data_key_states",
     "select_data_key_versions",
     "select_data_keys_to_rewrap",
+    "select_data_keys_to_verify",
     "select_expired",
     "select_last_dek_version",
+    "select_live_data_key_kek",
+    "select_live_data_key_under",
+    "select_mistyped_cells",
     "select_newest_outcome",
     "select_page_end",
     "select_record_metadata",
     "select_record_to_reseal",
     "select_records_to_reseal",
+    "select_records_to_verify",
+    "select_report_rows",
     "select_workspace",
     "select_workspace_id",
     "select_workspace_names_mid_rotation",
@@ -865,3 +878,168 @@ def select_record_metadata(workspace_id: int, after: bytes, limit: int) -> sa.Se
         .order_by(r.record_key)
         .limit(limit)
     )
+
+
+# --- audit reports and verification: records and data keys ------------------------------
+
+
+def count_rows(table: sa.Table) -> sa.Select[Any]:
+    """How many rows ``table`` holds."""
+    return sa.select(sa.func.count()).select_from(table)
+
+
+def count_records_in_workspace(name: bytes) -> sa.Select[Any]:
+    """How many records the workspace named ``name`` holds (0 if there is none)."""
+    r, w = records.c, workspaces.c
+    return (
+        sa.select(sa.func.count())
+        .select_from(records)
+        .where(r.workspace_id.in_(sa.select(w.id).where(w.name == name)))
+    )
+
+
+def select_report_rows(workspace: bytes | None = None) -> sa.Select[Any]:
+    """Every record's metadata with its workspace's and data key's, in (workspace id, key)
+    order; of ``workspace`` if given. Of the value, only its first two bytes (``head``)."""
+    r, w, d = records.c, workspaces.c, data_keys.c
+    query = (
+        sa.select(
+            w.name,
+            r.record_key,
+            r.category,
+            r.created_at,
+            r.updated_at,
+            r.expires_at,
+            r.dek_version,
+            w.last_dek_version,
+            d.created_at.label("dek_created_at"),
+            d.kek_id,
+            d.wrapped.is_(None).label("shredded"),
+            sa.func.substr(r.value, 1, 2).label("head"),
+        )
+        .select_from(
+            records.join(workspaces, w.id == r.workspace_id).outerjoin(
+                data_keys, sa.and_(d.workspace_id == r.workspace_id, d.version == r.dek_version)
+            )
+        )
+        .order_by(r.workspace_id, r.record_key)
+    )
+    if workspace is not None:
+        query = query.where(w.name == workspace)
+    return query
+
+
+def count_data_keys_due(
+    cutoff: int, workspace: bytes | None = None, *, current_only: bool = False
+) -> sa.Select[Any]:
+    """How many live data keys were created before ``cutoff`` (of ``workspace`` if given;
+    ``current_only``: only each workspace's current one)."""
+    w, d = workspaces.c, data_keys.c
+    old = sa.and_(d.wrapped.is_not(None), d.created_at < cutoff)
+    where = [old] if workspace is None else [old, w.name == workspace]
+    if current_only:
+        where.append(d.version == w.last_dek_version)
+    return (
+        sa.select(sa.func.count())
+        .select_from(data_keys.join(workspaces, w.id == d.workspace_id))
+        .where(*where)
+    )
+
+
+def select_data_key_report(workspace: bytes | None = None) -> sa.Select[Any]:
+    """Every data key's (workspace name, version, kek_id, created_at, destroyed,
+    last_dek_version), in (name, version) order; of ``workspace`` if given."""
+    w, d = workspaces.c, data_keys.c
+    query = (
+        sa.select(
+            w.name,
+            d.version,
+            d.kek_id,
+            d.created_at,
+            d.wrapped.is_(None).label("destroyed"),
+            w.last_dek_version,
+        )
+        .select_from(data_keys.join(workspaces, w.id == d.workspace_id))
+        .order_by(w.name, d.version)
+    )
+    if workspace is not None:
+        query = query.where(w.name == workspace)
+    return query
+
+
+def select_mistyped_cells(table: sa.Table, checks: dict[str, tuple[str, ...]], limit: int) -> sa.Select[Any]:
+    """SQLite only: the primary key (as bytes) and every column's ``typeof`` of at most
+    ``limit`` rows of ``table`` where a column's storage class is not one ``checks`` allows."""
+    wrong = sa.or_(*(sa.func.typeof(table.c[name]).not_in(kinds) for name, kinds in checks.items()))
+    key: list[Any] = [sa.cast(column, sa.LargeBinary) for column in table.primary_key.columns]
+    kinds_query = [sa.func.typeof(table.c[name]) for name in checks]
+    return sa.select(*key, *kinds_query).where(wrong).limit(limit)
+
+
+def _as_bytes(column: Any, sqlite: bool) -> Any:
+    """On SQLite, a text or blob column read as bytes: a cell whose bytes are not UTF-8
+    would otherwise stop the whole scan inside the driver (its type is checked apart)."""
+    return sa.cast(column, sa.LargeBinary).label(column.name) if sqlite else column
+
+
+def _sqlite_types(sqlite: bool, *columns: Any) -> list[Any]:
+    return [sa.func.typeof(column) for column in columns] if sqlite else []
+
+
+def select_data_keys_to_verify(sqlite: bool) -> sa.Select[Any]:
+    """Every data key's (workspace name, version, kek_id, wrapped), in (workspace id,
+    version) order; on SQLite (``sqlite``) text read as bytes, then each cell's ``typeof``."""
+    d, w = data_keys.c, workspaces.c
+    return (
+        sa.select(
+            _as_bytes(w.name, sqlite),
+            d.version,
+            _as_bytes(d.kek_id, sqlite),
+            _as_bytes(d.wrapped, sqlite),
+            *_sqlite_types(sqlite, w.name, d.version, d.kek_id, d.wrapped),
+        )
+        .select_from(data_keys.join(workspaces, w.id == d.workspace_id))
+        .order_by(d.workspace_id, d.version)
+    )
+
+
+def select_records_to_verify(sqlite: bool) -> sa.Select[Any]:
+    """Every record with its workspace name and data key (kek_id, wrapped, version), outer
+    joined so a record without them is read too, in (workspace id, key) order; on SQLite
+    (``sqlite``) text read as bytes, then each record cell's ``typeof``."""
+    r, d, w = records.c, data_keys.c, workspaces.c
+    columns: list[Any] = [
+        _as_bytes(w.name, sqlite),
+        r.workspace_id,
+        _as_bytes(r.record_key, sqlite),
+        _as_bytes(r.category, sqlite),
+        r.dek_version,
+        r.expires_at,
+        _as_bytes(r.value, sqlite),
+        _as_bytes(d.kek_id, sqlite),
+        _as_bytes(d.wrapped, sqlite),
+        d.version,
+        *_sqlite_types(sqlite, w.name, r.record_key, r.category, r.dek_version, r.expires_at, r.value),
+    ]
+    return (
+        sa.select(*columns)
+        .select_from(
+            # Outer joins: a record whose workspace or data key is missing is reported, not skipped.
+            records.outerjoin(workspaces, w.id == r.workspace_id).outerjoin(
+                data_keys, sa.and_(d.workspace_id == r.workspace_id, d.version == r.dek_version)
+            )
+        )
+        .order_by(r.workspace_id, r.record_key)
+    )
+
+
+def select_live_data_key_under(kek_ids: Sequence[str]) -> sa.Select[Any]:
+    """The kek_id of one live (not destroyed) data key wrapped by one of ``kek_ids``, if any."""
+    column = data_keys.c.kek_id
+    return sa.select(column).where(column.in_(kek_ids), data_keys.c.wrapped.isnot(None)).limit(1)
+
+
+def select_live_data_key_kek() -> sa.Select[Any]:
+    """The kek_id of one live (not destroyed) data key, if any."""
+    column = data_keys.c.kek_id
+    return sa.select(column).where(data_keys.c.wrapped.isnot(None)).limit(1)

@@ -26,15 +26,12 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-import sqlalchemy as sa
-
 from secure_kv._clock import now_micros
 from secure_kv.envelope import DataKey, new_data_key_bytes, unwrap_data_key, wrap_data_key
 from secure_kv.errors import AuthenticationError, MasterKeyError, StorageError
 from secure_kv.keys.base import MasterKeyProvider
 from secure_kv.sql.database import Database, UndecodableTextError
-from secure_kv.sql.schema import data_keys
-from secure_kv.sql.statements import Statements
+from secure_kv.sql.statements import Statements, select_live_data_key_kek, select_live_data_key_under
 
 if TYPE_CHECKING:
     from secure_kv.audit.log import AuditLog
@@ -300,12 +297,10 @@ def check_master_key(database: Database, provider: MasterKeyProvider) -> None:
     queries stop at the first row found.
     """
     ids = [key.kek_id for key in provider.all_keys()]
-    column = data_keys.c.kek_id
-    live = data_keys.c.wrapped.isnot(None)
     with database.connect() as connection, connection.begin():
-        if connection.execute(sa.select(column).where(column.in_(ids), live).limit(1)).first():
+        if connection.execute(select_live_data_key_under(ids)).first():
             return
-        foreign = connection.execute(sa.select(column).where(live).limit(1)).scalar()
+        foreign = connection.execute(select_live_data_key_kek()).scalar()
     # Another process may have created a data key under our key between the two queries.
     if foreign is not None and foreign not in ids:
         raise MasterKeyError(
