@@ -91,7 +91,7 @@ def run_at_terminal(
             assert child.stdout is not None
             while child.poll() is None and time.monotonic() < deadline:
                 if interrupt_when(bytes(received)):
-                    child.send_signal(signal.SIGINT)
+                    _interrupt_until_it_answers(child, received)
                     break
                 time.sleep(0.02)
             stdout_reader = threading.Thread(target=_drain, args=(child.stdout.fileno(), held), daemon=True)
@@ -103,6 +103,19 @@ def run_at_terminal(
             out.write(held)
     os.close(master)
     return Run(code, out_path.read_bytes(), bytes(received))
+
+
+def _interrupt_until_it_answers(child: subprocess.Popen[bytes], received: bytearray) -> None:
+    """SIGINT, and again (as a user presses Ctrl-C again) if the command has not said
+    "interrupted" within five seconds: stdout is still held, so it cannot have finished.
+    On a loaded machine a first signal has been seen to go unanswered."""
+    for _ in range(3):
+        child.send_signal(signal.SIGINT)
+        answer_by = time.monotonic() + 5.0
+        while time.monotonic() < answer_by:
+            if b"interrupted" in received or child.poll() is not None:
+                return
+            time.sleep(0.02)
 
 
 def cli_env(database_url: str, master_key: str, **extra: str) -> dict[str, str]:

@@ -163,13 +163,34 @@ class _Token:
                 self._open()
                 return action(self._session)
 
-    def find_key(self, label: str) -> Any:
+    def has_key(self, label: str) -> bool:
+        """Whether the token holds an AES key labelled ``label`` (no key object leaves the
+        locked call: see :meth:`_find`)."""
+        return self._find(label, lambda key: True) is not None
+
+    def find_key_id(self, label: str) -> bytes | None:
+        """The CKA_ID of the AES key labelled ``label`` (``b""`` if it has none or it cannot
+        be read), else ``None``: found and read in one call, under the module's lock."""
         pkcs11 = _pkcs11()
 
-        def find(session: Any) -> Any:
-            return session.get_key(
+        def read_id(key: Any) -> bytes:
+            try:
+                return bytes(key[pkcs11.Attribute.ID] or b"")
+            except pkcs11.PKCS11Error:
+                return b""
+
+        return self._find(label, read_id)
+
+    def _find(self, label: str, then: Callable[[Any], _T]) -> _T | None:
+        """``then(key)`` for the key labelled ``label``, inside the same locked call: a key
+        object is a handle into this session, so every use of it must hold the lock too."""
+        pkcs11 = _pkcs11()
+
+        def find(session: Any) -> _T:
+            key = session.get_key(
                 object_class=pkcs11.ObjectClass.SECRET_KEY, key_type=pkcs11.KeyType.AES, label=label
             )
+            return then(key)
 
         try:
             return self.call(find)
@@ -188,17 +209,16 @@ class Pkcs11Key(MasterKey):
     def __init__(self, token: _Token, label: str) -> None:
         self._token = token
         self.label = label
-        key = token.find_key(label)
-        if key is None:
+        # The id is read in the locked call that finds the key: read outside it, it raced
+        # another thread's token calls (the module is not initialised for threads), which
+        # could fail the read (the kek_id then fell back to the digest below: a different
+        # kek_id for the same key) or leave the token's session state corrupt.
+        key_id = token.find_key_id(label)
+        if key_id is None:
             raise MasterKeyError(
                 f"no AES key labelled {label!r} in PKCS#11 token {token.token_label!r}: create it with "
                 "`secure-kv keygen --provider pkcs11` or check SECURE_KV_PKCS11_KEY_LABEL"
             )
-        pkcs11 = _pkcs11()
-        try:
-            key_id = bytes(key[pkcs11.Attribute.ID] or b"")
-        except pkcs11.PKCS11Error:
-            key_id = b""
         if key_id:
             self._kek_id = "p11-" + key_id.hex()[:56]
         else:
@@ -286,7 +306,7 @@ class Pkcs11MasterKey(MasterKeyProvider):
         self._token = _Token(os.fspath(module), token_label, pin)
         #: True when this call generated the current key in the token.
         self.created = False
-        if create and self._token.find_key(labels[0]) is None:
+        if create and not self._token.has_key(labels[0]):
             self.generate_key(labels[0])
             self.created = True
         self._keys = [Pkcs11Key(self._token, label) for label in labels]

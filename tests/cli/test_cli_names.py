@@ -72,8 +72,9 @@ def printable_lines(text: str) -> bool:
 @example(workspace="[/]", key="[/]")
 @example(workspace="ws[bold]2", key="a\nb")
 @example(workspace="w" * 200, key="\u202eevil\u200f")
+@example(workspace="[", key="-0")  # a name that looks like an option: passed after "--", as a user would
 def test_names_are_shown_exactly_everywhere(runner: CliRunner, workspace: str, key: str) -> None:
-    stored = runner.invoke(main, ["set", workspace, key], input=b"v")
+    stored = runner.invoke(main, ["set", "--", workspace, key], input=b"v")
     assert stored.exit_code == 0, stored.output
 
     status = runner.invoke(main, ["status"])
@@ -81,28 +82,29 @@ def test_names_are_shown_exactly_everywhere(runner: CliRunner, workspace: str, k
     assert shown(workspace) in status.stdout
     assert printable_lines(status.stdout)
 
-    listed = runner.invoke(main, ["list", workspace])
+    listed = runner.invoke(main, ["list", "--", workspace])
     assert listed.exit_code == 0, listed.output
     rows = listed.stdout.splitlines()[1:]
     assert any(row.endswith("  " + shown(key)) for row in rows)  # one row per key, key exact
-    assert len(rows) == len(json.loads(runner.invoke(main, ["list", workspace, "--format", "json"]).stdout))
+    as_json = runner.invoke(main, ["list", "--format", "json", "--", workspace])
+    assert len(rows) == len(json.loads(as_json.stdout))
     assert printable_lines(listed.stdout)
 
-    log = runner.invoke(main, ["audit", "log", "--workspace", workspace])
+    log = runner.invoke(main, ["audit", "log", f"--workspace={workspace}"])
     assert log.exit_code == 0, log.output
     assert shown(workspace) in log.stdout and printable_lines(log.stdout)
 
-    report = runner.invoke(main, ["audit", "report", "--format", "csv", "--workspace", workspace])
+    report = runner.invoke(main, ["audit", "report", "--format", "csv", f"--workspace={workspace}"])
     assert report.exit_code == 0, report.output
     parsed = list(csv.DictReader(io.StringIO(report.stdout_bytes.decode("utf-8"), newline="")))
     assert (workspace, key) in {(row["workspace"], row["key"]) for row in parsed}  # the data: exact
 
-    missing = runner.invoke(main, ["get", workspace, key + "\u200f-missing"])
+    missing = runner.invoke(main, ["get", "--", workspace, key + "\u200f-missing"])
     assert missing.exit_code == 1
     assert missing.stderr.startswith("error: no entry ") and missing.stderr.count("\n") == 1
     assert missing.stderr.strip().isprintable()
 
-    no_workspace = runner.invoke(main, ["list", workspace + "\n-missing"])
+    no_workspace = runner.invoke(main, ["list", "--", workspace + "\n-missing"])
     assert no_workspace.exit_code == 1
     assert no_workspace.stderr.startswith("error: no workspace named ")
     assert no_workspace.stderr.count("\n") == 1 and no_workspace.stderr.strip().isprintable()

@@ -52,6 +52,39 @@ def test_a_data_key_wrapped_in_the_token_is_bound_to_its_workspace(softhsm: Soft
         assert store.workspace("b").get("k") == b"other"
 
 
+def test_a_provider_made_while_another_thread_uses_the_token_gets_the_keys_own_kek_id(
+    softhsm: SoftHsm,
+) -> None:
+    # A rotation opens its provider while readers unwrap with theirs. The key's CKA_ID used
+    # to be read outside the module's lock, racing the other thread's calls: the read failed
+    # now and then and the kek_id fell back to a digest, so the rotation wrapped data keys
+    # under a kek_id no reader knew (or the race left the token's session corrupt).
+    import threading
+
+    reader = softhsm.provider("master")
+    expected = reader.current_key().kek_id
+    wrapped = reader.current_key().wrap(b"k" * 32, b"context")
+    stopping = threading.Event()
+    errors: list[str] = []
+
+    def unwrap_again_and_again() -> None:
+        while not stopping.is_set():
+            try:
+                reader.current_key().unwrap(wrapped, b"context")
+            except Exception as error:
+                errors.append(repr(error))
+
+    thread = threading.Thread(target=unwrap_again_and_again, daemon=True)
+    thread.start()
+    try:
+        kek_ids = {Pkcs11MasterKey(**_args(softhsm)).current_key().kek_id for _ in range(300)}
+    finally:
+        stopping.set()
+        thread.join()
+    assert kek_ids == {expected}
+    assert errors == []
+
+
 def _args(hsm: SoftHsm, label: str = "master") -> dict[str, object]:
     return {"module": hsm.module, "token_label": hsm.token_label, "key_labels": label, "pin": hsm.pin}
 
