@@ -7,9 +7,10 @@ when a master key is at hand to sign with, and logged otherwise.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import sqlalchemy as sa
 
@@ -25,7 +26,8 @@ from secure_kv.progress import NO_PROGRESS, Progress
 from secure_kv.settings import Settings, load_settings
 from secure_kv.sql.database import Database
 from secure_kv.sql.migrate import ensure_schema
-from secure_kv.sql.statements import count_records, count_records_in_workspace
+from secure_kv.sql.schema import audit_events, data_keys
+from secure_kv.sql.statements import count_records, count_records_in_workspace, count_rows
 from secure_kv.store.internals import open_store, record_event
 
 __all__ = ["audit_anchor", "audit_log", "audit_prune", "audit_report", "audit_verify", "format_event"]
@@ -68,6 +70,41 @@ def _count_records(database: Database, workspace: str | None) -> int:
         return int(connection.execute(query).scalar_one())
 
 
+class _Callbacks:
+    """The callbacks ``audit_report`` and ``audit_verify`` took before the one
+    :class:`~secure_kv.progress.Progress` contract, adapted to it so old callers keep
+    working: ``on_total(total)``, ``on_row(done)`` and ``tick(phase, done)``, counts cumulative.
+    """
+
+    def __init__(
+        self,
+        on_total: Callable[[int], None] | None = None,
+        on_row: Callable[[int], None] | None = None,
+        tick: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self._on_total, self._on_row, self._tick = on_total, on_row, tick
+        self._phase, self._done = "", 0
+
+    def start(self, total: int, description: str) -> None:
+        self._phase, self._done = description, 0
+        if self._on_total is not None:
+            self._on_total(total)
+
+    def describe(self, description: str) -> None:
+        pass
+
+    def advance(self, count: int) -> None:
+        self._done += count
+        if self._on_row is not None:
+            self._on_row(self._done)
+        if self._tick is not None:
+            self._tick(self._phase, self._done)
+
+
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(f"{old} is deprecated: pass {new}", DeprecationWarning, stacklevel=3)
+
+
 def audit_report(
     out: TextIO,
     *,
@@ -76,6 +113,8 @@ def audit_report(
     workspace: str | None = None,
     master_key: MasterKeyProvider | None = None,
     progress: Progress = NO_PROGRESS,
+    on_total: Callable[[int], None] | None = None,
+    on_row: Callable[[int], None] | None = None,
 ) -> ReportSummary:
     """Write one row per record (JSON array, CSV, or an HTML page) to ``out``; never a value.
 
@@ -85,6 +124,9 @@ def audit_report(
 
     Needs no master key; with one, the report is recorded in the audit log first.
     """
+    if on_total is not None or on_row is not None:
+        _deprecated("audit_report(on_total=, on_row=)", "progress=, a secure_kv.progress.Progress")
+        progress = _Callbacks(on_total=on_total, on_row=on_row)
     settings = settings if settings is not None else load_settings()
     if fmt not in ("json", "csv", "html"):
         raise InvalidInputError(f"unknown report format {fmt!r}: use json, csv or html")
@@ -135,7 +177,8 @@ def audit_verify(
     anchor: str | None = None,
     chain_only: bool = False,
     master_key: MasterKeyProvider | None = None,
-    progress: Progress = NO_PROGRESS,
+    progress: Progress | Callable[[str, int], None] = NO_PROGRESS,
+    on_totals: Callable[[dict[str, int]], None] | None = None,
 ) -> VerifyReport:
     """Authenticate every record and data key and walk the audit chain.
 
@@ -148,8 +191,24 @@ def audit_verify(
     if not chain_only:
         provider = master_key if master_key is not None else provider_from_settings(settings)
         _record_admin(settings, provider, "audit.verify", f"anchor {'given' if anchor else 'none'}")
+    tracker: Progress
+    if hasattr(progress, "start"):
+        tracker = cast(Progress, progress)
+    else:  # a tick(phase, done) callable, as before the Progress contract
+        _deprecated("audit_verify(progress=tick)", "a secure_kv.progress.Progress")
+        tracker = _Callbacks(tick=progress)
     with _read_only(settings) as database:
-        return verify(database, provider, anchor=anchor, progress=progress)
+        if on_totals is not None:
+            _deprecated("audit_verify(on_totals=)", "progress=, started with each phase's size")
+            with database.connect() as connection:
+                on_totals(
+                    {
+                        "events": int(connection.execute(count_rows(audit_events)).scalar_one()),
+                        "data keys": int(connection.execute(count_rows(data_keys)).scalar_one()),
+                        "records": int(connection.execute(count_records()).scalar_one()),
+                    }
+                )
+        return verify(database, provider, anchor=anchor, progress=tracker)
 
 
 def audit_log(

@@ -291,3 +291,37 @@ def test_verify_and_report_report_progress_through_the_one_progress_contract(sql
     summary = commands.audit_report(io.StringIO(), settings=settings, workspace="w0", progress=written)
     assert written.phases == [("records", 3)]
     assert written.done["records"] == summary.records == 3
+
+
+def test_the_callbacks_audit_report_and_verify_took_before_progress_still_work(sqlite_url: str) -> None:
+    """secure_kv.commands is public: the keyword callbacks of the first release keep working
+    (with a DeprecationWarning) now that progress goes through one Progress contract."""
+    from secure_kv import commands
+    from secure_kv.settings import load_settings
+
+    key = _static_key()
+    with SecureStore.open(sqlite_url, master_key=key) as store:
+        for number in range(5):
+            store.workspace(f"w{number % 2}").set(f"k{number}", b"v", category=Category.TOKEN)
+    settings = load_settings(database_url=sqlite_url)
+
+    totals: list[int] = []
+    rows: list[int] = []
+    with pytest.warns(DeprecationWarning, match="on_total"):
+        summary = commands.audit_report(
+            io.StringIO(), settings=settings, workspace="w0", on_total=totals.append, on_row=rows.append
+        )
+    assert totals == [3] and rows[-1] == summary.records == 3
+
+    ticks: list[tuple[str, int]] = []
+    sizes: list[dict[str, int]] = []
+    with pytest.warns(DeprecationWarning):
+        report = commands.audit_verify(
+            settings=settings,
+            master_key=key,
+            progress=lambda phase, done: ticks.append((phase, done)),
+            on_totals=sizes.append,
+        )
+    assert report.ok
+    assert ("records", 5) in ticks and ("data keys", 2) in ticks
+    assert sizes[0]["records"] == 5 and sizes[0]["data keys"] == 2 and sizes[0]["events"] >= report.events
