@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from secure_kv._clock import now_micros
+from secure_kv.audit.events import Event
 from secure_kv.audit.log import Appender
 from secure_kv.categories import CATEGORY_CODES, CODE_BY_VALUE, Category, parse_category
 from secure_kv.credentials import find_credential
@@ -82,6 +83,12 @@ class WorkspaceBatches:
         def _open(
             self, key: str, key_bytes: bytes, workspace_id: int, row: Any
         ) -> tuple[bytes, Category] | None: ...
+
+    def _token_read_event(self, key_bytes: bytes, dek_version: int) -> Event:
+        """The event every token read is audited with (single gets and batches alike)."""
+        return self._parts.audit.event(
+            "record.read", workspace=self._name_bytes, key=key_bytes, category=_TOKEN, dek_version=dek_version
+        )
 
     def set_many(
         self,
@@ -329,17 +336,8 @@ class WorkspaceBatches:
                 tokens.append((key_bytes, dek_version, bytes(blob[:HEADER_BYTES])))
             result[key] = value
         if tokens and append is not None:
-            audit = self._parts.audit
             for key_bytes, dek_version, _ in tokens:
-                append(
-                    audit.event(
-                        "record.read",
-                        workspace=self._name_bytes,
-                        key=key_bytes,
-                        category=_TOKEN,
-                        dek_version=dek_version,
-                    )
-                )
+                append(self._token_read_event(key_bytes, dek_version))
         elif tokens:
             self._audit_batch_token_reads(workspace_id, tokens)
         return result
@@ -351,13 +349,7 @@ class WorkspaceBatches:
 
         def body(connection: Any, append: Appender) -> None:
             for key_bytes, dek_version, header in tokens:
-                event = audit.event(
-                    "record.read",
-                    workspace=self._name_bytes,
-                    key=key_bytes,
-                    category=_TOKEN,
-                    dek_version=dek_version,
-                )
+                event = self._token_read_event(key_bytes, dek_version)
                 if not append(event, unchanged_since_read=(workspace_id, key_bytes, dek_version, header)):
                     raise _Changed
 

@@ -201,15 +201,7 @@ class Workspace(WorkspaceBatches):
                 return None
             found = self._open(key, key_bytes, workspace_id, row)
             if found is not None and row[0] == _TOKEN:
-                append(
-                    audit.event(
-                        "record.read",
-                        workspace=self._name_bytes,
-                        key=key_bytes,
-                        category=_TOKEN,
-                        dek_version=row[1],
-                    )
-                )
+                append(self._token_read_event(key_bytes, row[1]))
             return found
 
         try:
@@ -228,9 +220,7 @@ class Workspace(WorkspaceBatches):
     ) -> bool:
         audit = self._parts.audit
         dek_version, blob = row[1], row[3]
-        event = audit.event(
-            "record.read", workspace=self._name_bytes, key=key_bytes, category=_TOKEN, dek_version=dek_version
-        )
+        event = self._token_read_event(key_bytes, dek_version)
         same_sealing = (workspace_id, key_bytes, dek_version, bytes(blob[:HEADER_BYTES]))
         try:
             return audit.append_now(connection, event, same_sealing)
